@@ -1,0 +1,121 @@
+"""The `kansa` command. Heavy imports (torch, ART) happen inside commands, so `--help` is instant.
+
+Exit codes: 0 success, 1 a gate failed, 2 usage or input error, 3 inconclusive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_GATE_FAILED, EXIT_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kansa")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kansa", description="Adversarial-robustness and ML-quality audits.")
+    parser.add_argument("--version", action="version", version=f"kansa {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run an audit and write report.html, results.json, results.csv")
+    run.add_argument("config", help="audit config (TOML or YAML)")
+    run.add_argument("--out", help="output folder (default: runs/<config name>)")
+    run.add_argument("--seed", type=int, help="override the config's seed")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    init = commands.add_parser("init", help="write a commented example config")
+    init.add_argument("path", nargs="?", default="audit.toml")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    validate = commands.add_parser("validate", help="check a config without running it")
+    validate.add_argument("config")
+
+    listing = commands.add_parser("list", help="list attacks and their parameters")
+    listing.add_argument("--schema", action="store_true", help="print the whole config schema as Markdown")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from audit.runner import run_audit
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    result = run_audit(args.config, out_dir=out, seed=args.seed, quiet=args.quiet)
+    errors = result.errors
+    cells = len(result.metadata["cells"])
+    print(f"report:  {out / 'report.html'}")
+    print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
+    if len(errors):
+        failed = ", ".join(sorted({f"{r.model}/{r.attack}" for r in errors.itertuples()}))
+        print(f"kansa: {len(errors)} of {cells} attack cells failed ({failed}); their rows have status=error", file=sys.stderr)
+    return EXIT_OK
+
+
+def _init(args: argparse.Namespace) -> int:
+    from audit.config import example_config
+    from audit.errors import KansaError
+    from audit.files import write_text_atomic
+
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise KansaError(f"{path} exists; use --force to overwrite it")
+    write_text_atomic(path, example_config())
+    print(f"wrote {path}; run it with: kansa run {path}")
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from audit.config import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config}: valid ({len(config.models)} model(s), {len(config.attacks)} attack(s))")
+    return EXIT_OK
+
+
+def _list(args: argparse.Namespace) -> int:
+    from attacks import registry
+    from audit.params import describe_params
+
+    if args.schema:
+        from audit.config import schema_markdown
+
+        print(schema_markdown(), end="")
+        return EXIT_OK
+    for name, cls in registry().items():
+        print(f"{name}  [{cls.category}]  {cls.summary}")
+        for p in describe_params(cls.params):
+            print(f"    {p['name']}: {p['accepts']} (default {p['default']}) - {p['doc']}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _run, "init": _init, "validate": _validate, "list": _list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from audit.errors import KansaError
+
+    try:
+        return COMMANDS[args.command](args)
+    except KansaError as exc:
+        if args.debug:
+            raise
+        print(f"kansa: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("kansa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Load and validate an audit config (TOML, or YAML) into a `Config`.
+
+Validation is complete before anything heavy runs: a typo costs a second, not a training run.
+The schema of each table is declared by the module that uses it (data, models, attacks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit.data import validate_data_config
+from audit.errors import ConfigError
+from audit.models import validate_model_config
+from audit.params import Location, Number, Param, ParamSet, Text, validate_tagged
+
+TOP_PARAMS = (
+    Param("title", Text(), "Kansa audit", "report title"),
+    Param("seed", Number(0, 2**31 - 1, integer=True), 0, "fixes splits, training and attacks"),
+)
+EVALUATION_PARAMS = (
+    Param("samples", Number(1, None, integer=True), None, "attack at most this many test samples (default: the whole test split)"),
+)
+TABLES = ("data", "models", "evaluation", "attacks")
+
+
+@dataclass
+class Config:
+    path: Path
+    title: str
+    seed: int
+    data: dict[str, Any]
+    models: list[dict[str, Any]]
+    evaluation: dict[str, Any]
+    attacks: list[dict[str, Any]]
+    text: str
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def validated(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "seed": self.seed,
+            "data": self.data,
+            "models": self.models,
+            "evaluation": self.evaluation,
+            "attacks": self.attacks,
+        }
+
+    def digest(self) -> str:
+        canonical = json.dumps(self.validated(), sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _parse(path: Path, label: str) -> tuple[dict[str, Any], str]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{label}: cannot read the file ({exc})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{label}: invalid YAML: {' '.join(str(exc).split())}") from None
+        if raw is None:
+            raw = {}
+    else:
+        import tomllib
+
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: expected a table of settings at the top level, got {type(raw).__name__}")
+    return raw, text
+
+
+def _list_of_tables(raw: dict[str, Any], key: str, where: Location) -> list[Any]:
+    value = raw.get(key)
+    if value is None:
+        raise where.child(key).error(f"missing; add at least one [[{key}]] table")
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise where.child(key).error(f"expected one or more [[{key}]] tables, got {value!r}")
+    return value
+
+
+def _unique(items: list[dict[str, Any]], key: str, where: Location, table: str) -> None:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item[key] in seen:
+            raise where.child(table).child(i).child(key).error(
+                f'"{item[key]}" is already used by {table}[{seen[item[key]]}]; give each a distinct {key}'
+            )
+        seen[item[key]] = i
+
+
+def validate_attack_config(table: Any, where: Location) -> dict[str, Any]:
+    from attacks import registry
+
+    attacks = registry()
+    values = validate_tagged(
+        table, where, "name", {name: cls.params for name, cls in attacks.items()},
+        (Param("id", Text(), None, "label in results (default: the name); needed when one attack appears twice"),),
+    )
+    name, attack_id = values.pop("name"), values.pop("id")
+    return {"name": name, "id": attack_id or name, "params": values}
+
+
+def load_config(path: str | Path, seed: int | None = None) -> Config:
+    """Parse and validate; every error names the file and the key path."""
+    path = Path(path)
+    label = str(path)
+    raw, text = _parse(path, label)
+    where = Location(label)
+    top = ParamSet(TOP_PARAMS, extra_keys=TABLES).validate(raw, where)
+    if "data" not in raw:
+        raise where.child("data").error('missing; add a [data] table, e.g. source = "digits"')
+    data = validate_data_config(raw["data"], where.child("data"))
+    models = [validate_model_config(m, where.child("models").child(i)) for i, m in enumerate(_list_of_tables(raw, "models", where))]
+    _unique(models, "name", where, "models")
+    evaluation = ParamSet(EVALUATION_PARAMS).validate(raw.get("evaluation", {}), where.child("evaluation"))
+    attacks = [validate_attack_config(a, where.child("attacks").child(i)) for i, a in enumerate(_list_of_tables(raw, "attacks", where))]
+    _unique(attacks, "id", where, "attacks")
+    return Config(
+        path=path.resolve(),
+        title=top["title"],
+        seed=top["seed"] if seed is None else seed,
+        data=data,
+        models=models,
+        evaluation=evaluation,
+        attacks=attacks,
+        text=text,
+    )
+
+
+def schema_markdown() -> str:
+    """The whole config schema as Markdown tables, generated from the same declarations that validate."""
+    from attacks import registry
+    from audit.data import COMMON_PARAMS as DATA_COMMON, SOURCE_PARAMS
+    from audit.models import COMMON_PARAMS as MODEL_COMMON, KIND_PARAMS
+    from audit.params import describe_params
+
+    def table(params: tuple[Param, ...] | list[Param]) -> list[str]:
+        if not params:
+            return ["(no further keys)", ""]
+        lines = ["| key | accepts | default | meaning |", "| --- | --- | --- | --- |"]
+        for p in describe_params(params):
+            accepts = p["accepts"].replace("|", "\\|")
+            lines.append(f"| `{p['name']}` | {accepts} | {p['default']} | {p['doc']} |")
+        return lines + [""]
+
+    out = ["### Top level", "", *table(TOP_PARAMS), "### `[data]`", "",
+           "`source` (required) is one of " + ", ".join(f"`{k}`" for k in SOURCE_PARAMS) + ". Keys for every source:", "", *table(DATA_COMMON)]
+    for source, params in SOURCE_PARAMS.items():
+        out += [f'#### `source = "{source}"`', "", *table(params)]
+    out += ["### `[[models]]`", "", "`kind` is one of " + ", ".join(f"`{k}`" for k in KIND_PARAMS) + " (default `builtin`).", "",
+            *table(MODEL_COMMON)]
+    for kind, params in KIND_PARAMS.items():
+        out += [f'#### `kind = "{kind}"`', "", *table(params)]
+    out += ["### `[evaluation]`", "", *table(EVALUATION_PARAMS), "### `[[attacks]]`", "",
+            "Every attack takes `name` (required) and `id` (its label in results; default: the name).", ""]
+    for name, cls in registry().items():
+        out += [f'#### `name = "{name}"`', "", cls.summary + ".", "", *table(cls.params)]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def example_config() -> str:
+    """The commented example that `kansa init` writes and the default audit runs."""
+    return (Path(__file__).parent / "resources" / "example.toml").read_text(encoding="utf-8")

@@ -1,0 +1,110 @@
+"""The results table: one row per (model, defense, attack, param, subset, metric).
+
+Every report, gate and comparison reads this table and nothing else, so whatever a
+renderer needs must be a row here (or a per-cell artifact named in the run metadata).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit.stats import mean_interval, wilson_interval
+
+SCHEMA_VERSION = "kansa.results/1"
+
+COLUMNS = [
+    "model",
+    "defense",
+    "attack",
+    "category",
+    "param",
+    "param_value",
+    "subset",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "status",
+    "message",
+]
+
+# Rows of these categories measure time and vary between identical runs; everything else is reproducible.
+TIMING_CATEGORIES = ("cost",)
+
+
+def rate_row(metric: str, successes: int, n: int, **where: Any) -> dict[str, Any]:
+    """A proportion with its Wilson interval."""
+    low, high = wilson_interval(int(successes), int(n))
+    value = successes / n if n else math.nan
+    return {"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": int(n), **where}
+
+
+def mean_row(metric: str, values: np.ndarray, **where: Any) -> dict[str, Any]:
+    """An average with a normal interval."""
+    mean, low, high = mean_interval(values)
+    return {"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": int(np.size(values)), **where}
+
+
+def count_row(metric: str, count: float, **where: Any) -> dict[str, Any]:
+    """A plain measured quantity with no sampling error (a count, a size, a time)."""
+    return {"metric": metric, "value": float(count), **where}
+
+
+def error_row(message: str, **where: Any) -> dict[str, Any]:
+    return {"metric": "error", "status": "error", "message": message, **where}
+
+
+def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Normalise row dicts into the fixed schema (missing cells get neutral defaults)."""
+    defaults: dict[str, Any] = {
+        "model": "",
+        "defense": "none",
+        "attack": "",
+        "category": "",
+        "param": "",
+        "param_value": math.nan,
+        "subset": "all",
+        "metric": "",
+        "value": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "n": 0,
+        "status": "ok",
+        "message": "",
+    }
+    unknown = {key for row in rows for key in row} - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"result rows carry unknown columns: {sorted(unknown)}")
+    table = pd.DataFrame([{**defaults, **row} for row in rows], columns=COLUMNS)
+    for column in ("value", "ci_low", "ci_high", "param_value"):
+        table[column] = table[column].astype("float64")
+    table["n"] = table["n"].astype("int64")
+    return table
+
+
+@dataclass
+class AuditResult:
+    """What a run returns to Python callers: the table, its metadata, and where it was written."""
+
+    table: pd.DataFrame
+    metadata: dict[str, Any]
+    out_dir: Path | None = None
+    artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> pd.DataFrame:
+        return self.table[self.table["status"] == "error"]
+
+    def metric(self, metric: str, **where: Any) -> pd.DataFrame:
+        """Rows of one metric, filtered by any column, e.g. `metric("robust_accuracy", attack="pgd")`."""
+        selected = self.table[self.table["metric"] == metric]
+        for column, wanted in where.items():
+            selected = selected[selected[column] == wanted]
+        return selected

@@ -1,0 +1,213 @@
+"""The one place that knows the order of an audit: data, models, attacks, results, outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import random
+import re
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.config import Config, load_config
+from audit.data import Dataset, Splits, load_dataset, quality_rows, split_dataset
+from audit.models import (
+    Target,
+    build_builtin,
+    count_parameters,
+    detect_output,
+    load_user_model,
+    make_target,
+    train,
+)
+from audit.results import AuditResult, count_row, error_row, make_table, rate_row
+
+
+def derive_seed(seed: int, *labels: str) -> int:
+    """A stable per-component seed, so adding a model or attack does not reshuffle the others."""
+    digest = hashlib.sha256("/".join([str(seed), *labels]).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bars = not quiet and sys.stderr.isatty()
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"kansa: {message}", file=sys.stderr, flush=True)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("kansa", "torch", "adversarial-robustness-toolbox", "numpy", "pandas", "scikit-learn"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for split_name, idx in splits.items():
+        pred = target.predict(dataset.x[idx])
+        correct = int((pred == dataset.y[idx]).sum())
+        rows.append(rate_row("accuracy", correct, len(idx), subset=f"split={split_name}"))
+        if split_name != "test":
+            continue
+        truth = dataset.y[idx]
+        for label, name in enumerate(dataset.class_names):
+            predicted, actual = pred == label, truth == label
+            hits = int((predicted & actual).sum())
+            rows.append(rate_row("precision", hits, int(predicted.sum()), subset=f"class={name}"))
+            rows.append(rate_row("recall", hits, int(actual.sum()), subset=f"class={name}"))
+            for other, other_name in enumerate(dataset.class_names):
+                count = int((actual & (pred == other)).sum())
+                rows.append(count_row("confusion", count, subset=f"true={name};pred={other_name}"))
+    return [{**row, "category": "performance"} for row in rows]
+
+
+def _prepare_model(
+    cfg: dict[str, Any], dataset: Dataset, splits: Splits, config: Config, progress: Progress
+) -> tuple[Target, list[dict[str, Any]]]:
+    name = cfg["name"]
+    cost: list[dict[str, Any]] = []
+    if cfg["kind"] == "builtin":
+        import torch
+
+        torch.manual_seed(derive_seed(config.seed, "init", name))
+        module = build_builtin(cfg, dataset.input_shape, dataset.n_classes, dataset.is_image)
+        progress.say(f"training {name} on {len(splits.train)} samples ({cfg['epochs']} epochs)")
+        seconds = train(
+            module, dataset.x[splits.train], dataset.y[splits.train], cfg,
+            derive_seed(config.seed, "train", name), progress.bars, name,
+        )
+        cost.append(count_row("training_seconds", seconds, category="cost"))
+        output_kind = "logits"
+    else:
+        module = load_user_model(cfg, config.base_dir)
+        output_kind = cfg["output"]
+    output_kind = detect_output(module, dataset.x[splits.train[:8]], dataset.n_classes, output_kind, name)
+    total, nonzero = count_parameters(module)
+    cost += [count_row("parameters", total, category="cost"), count_row("nonzero_parameters", nonzero, category="cost")]
+    return make_target(module, dataset, output_kind, name), cost
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40] or "x"
+
+
+def run_audit(
+    config: str | Path | Config,
+    out_dir: str | Path | None = None,
+    seed: int | None = None,
+    quiet: bool = True,
+) -> AuditResult:
+    """Run the whole audit; writes report.html, results.json and results.csv when `out_dir` is given."""
+    from attacks import registry
+    from attacks.base import AttackContext
+
+    started = time.perf_counter()
+    if not isinstance(config, Config):
+        config = load_config(config, seed=seed)
+    elif seed is not None:
+        config.seed = seed
+    progress = Progress(quiet)
+    dataset = load_dataset(config.data, config.base_dir, derive_seed(config.seed, "sample"))
+    splits = split_dataset(dataset, config.data["split"], derive_seed(config.seed, "split"))
+    progress.say(
+        f"data {dataset.name}: {len(dataset.y)} samples, {dataset.n_classes} classes, "
+        f"split {len(splits.train)} / {len(splits.holdout)} / {len(splits.test)}"
+    )
+    rows = quality_rows(dataset, splits)
+    eval_idx = splits.test
+    limit = config.evaluation["samples"]
+    if limit is not None and limit < len(eval_idx):
+        eval_idx = np.sort(np.random.default_rng(derive_seed(config.seed, "evaluation")).choice(eval_idx, limit, replace=False))
+    x_eval, y_eval = dataset.x[eval_idx], dataset.y[eval_idx]
+    attack_classes = registry()
+    models_meta: list[dict[str, Any]] = []
+    cells: list[dict[str, Any]] = []
+    artifacts: dict[str, dict[str, np.ndarray]] = {}
+    for model_cfg in config.models:
+        name = model_cfg["name"]
+        target, cost_rows = _prepare_model(model_cfg, dataset, splits, config, progress)
+        rows += [{**row, "model": name} for row in cost_rows + _performance_rows(target, dataset, splits)]
+        models_meta.append({"name": name, "kind": model_cfg["kind"], "output": target.output_kind, "sha256": target.digest})
+        for attack_cfg in config.attacks:
+            attack_id = attack_cfg["id"]
+            where = {"model": name, "defense": target.defense, "attack": attack_id}
+            progress.say(f"attacking {name} with {attack_id} on {len(y_eval)} samples")
+            cell_seed = derive_seed(config.seed, "attack", name, target.defense, attack_id)
+            seed_everything(cell_seed)
+            cell_start = time.perf_counter()
+            attack_class = attack_classes[attack_cfg["name"]]
+            try:
+                output = attack_class(**attack_cfg["params"]).run(
+                    target, x_eval, y_eval, AttackContext(cell_seed, dataset.class_names)
+                )
+            except Exception as exc:  # one failing attack must not lose the rest of the audit
+                message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+                rows.append(error_row(message, category=attack_class.category, **where))
+                cells.append({**where, "seconds": time.perf_counter() - cell_start, "status": "error", "message": message})
+                progress.say(f"attack {attack_id} on {name} failed: {message}")
+                continue
+            seconds = time.perf_counter() - cell_start
+            rows += [{"category": attack_class.category, **row, **where} for row in output.rows]
+            rows.append(count_row("attack_seconds", seconds, category="cost", **where))
+            key = f"{len(artifacts):02d}-{_slug(name)}-{_slug(target.defense)}-{_slug(attack_id)}"
+            artifacts[key] = {**output.artifacts, **{f"sample/{k}": v for k, v in output.per_sample.items()}}
+            cells.append({**where, "seconds": seconds, "status": "ok", "artifact": f"artifacts/{key}.npz"})
+    table = make_table(rows)
+    metadata = {
+        "schema": "kansa.results/1",
+        "run_id": uuid.uuid4().hex[:12],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "title": config.title,
+        "config_path": str(config.path),
+        "config_sha256": config.digest(),
+        "config": config.validated(),
+        "config_text": config.text,
+        "seed": config.seed,
+        "data": {
+            "name": dataset.name,
+            "sha256": dataset.digest(),
+            "samples": int(len(dataset.y)),
+            "input_shape": list(dataset.input_shape),
+            "input_range": list(dataset.input_range),
+            "is_image": dataset.is_image,
+            "classes": dataset.class_names,
+            "split_sizes": {k: int(len(v)) for k, v in splits.items()},
+            "evaluation_samples": int(len(eval_idx)),
+        },
+        "models": models_meta,
+        "cells": cells,
+        "versions": versions(),
+        "machine": {"platform": platform.platform(), "processor": platform.machine(), "python": sys.executable},
+    }
+    metadata["wall_seconds"] = time.perf_counter() - started
+    result = AuditResult(table=table, metadata=metadata, artifacts=artifacts)
+    if out_dir is not None:
+        from reports import write_outputs
+
+        result.out_dir = Path(out_dir)
+        write_outputs(result, result.out_dir)
+    return result

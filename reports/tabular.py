@@ -1,0 +1,35 @@
+"""results.json (versioned schema, docs/results-schema.md) and results.csv, straight from the table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from audit.files import write_text_atomic
+from audit.results import SCHEMA_VERSION, AuditResult
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def results_json(result: AuditResult) -> str:
+    records = [{k: _clean(v) for k, v in row.items()} for row in result.table.to_dict(orient="records")]
+    document = {"schema": SCHEMA_VERSION, "metadata": result.metadata, "results": records}
+    return json.dumps(document, indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+
+
+def write_json(result: AuditResult, out_dir: Path) -> Path:
+    path = out_dir / "results.json"
+    write_text_atomic(path, results_json(result))
+    return path
+
+
+def write_csv(result: AuditResult, out_dir: Path) -> Path:
+    path = out_dir / "results.csv"
+    write_text_atomic(path, result.table.to_csv(index=False))
+    return path
