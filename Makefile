@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.kansa-installed
 
-.PHONY: audit test setup clean
+.PHONY: audit test setup docs clean
 
 audit: $(STAMP)
 	$(BIN)/kansa run audit/resources/example.toml --out runs/default
@@ -14,6 +14,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 setup: $(STAMP)
+
+# Regenerate the schema reference in docs/config.md from the validator's declarations.
+docs: $(STAMP)
+	$(BIN)/python -c "import re, subprocess, pathlib; p = pathlib.Path('docs/config.md'); \
+	gen = subprocess.run(['$(BIN)/kansa', 'list', '--schema'], capture_output=True, text=True, check=True).stdout; \
+	p.write_text(re.sub(r'(?s)(<!-- schema:start -->\n).*(<!-- schema:end -->)', lambda m: m.group(1) + gen + m.group(2), p.read_text()))"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

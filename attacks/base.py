@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from audit.params import Choice, Location, Number, OneOrMany, Param, ParamSet
 from audit.results import mean_row, rate_row
 
 if TYPE_CHECKING:
+    from audit.data import Dataset, Splits
     from audit.models import Target
 
 GALLERY_SIZE = 8
@@ -24,10 +25,19 @@ GALLERY_SIZE = 8
 
 @dataclass
 class AttackContext:
-    """What an attack may know besides the target and its inputs."""
+    """What an attack may know besides the target and the attacked samples.
+
+    Privacy attacks need the whole split (members are drawn from train, non-members from
+    hold-out) and a way to train models like the target (shadow and reference models).
+    `train_like_target(x, y, seed)` trains a fresh model with the target's architecture and
+    recipe; it is None when the target cannot be retrained (e.g. a TorchScript file).
+    """
 
     seed: int
     class_names: list[str]
+    dataset: "Dataset | None" = None
+    splits: "Splits | None" = None
+    train_like_target: "Callable[[np.ndarray, np.ndarray, int], Target] | None" = None
 
 
 @dataclass

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from audit.results import AuditResult
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_INPUT, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
@@ -33,6 +36,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: runs/<config name>)")
     run.add_argument("--seed", type=int, help="override the config's seed")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--baseline", help='for regression gates: a results.json, a run folder, a run id, or "last-pass"')
+    run.add_argument("--no-history", action="store_true", help="do not record this run in the history database")
+
+    gate = commands.add_parser("gate", help="re-evaluate gates on a finished run (exit 0 pass, 1 fail, 3 inconclusive)")
+    gate.add_argument("run_dir", help="folder holding results.json")
+    gate.add_argument("--config", help="take the gates from this config instead of the run's own")
+    gate.add_argument("--baseline", help='a results.json, a run folder, a run id, or "last-pass"')
+
+    history = commands.add_parser("history", help="list recorded runs, or a metric's trend")
+    history.add_argument("--db", help="history database (default: .kansa/history.sqlite or $KANSA_HISTORY)")
+    history.add_argument("--metric", help="show this metric across runs")
+    history.add_argument("--model")
+    history.add_argument("--attack")
+    history.add_argument("--at", type=float, help="swept parameter value (eps, fpr)")
+    history.add_argument("--subset", default="all")
+    history.add_argument("--limit", type=int, default=20)
 
     init = commands.add_parser("init", help="write a commented example config")
     init.add_argument("path", nargs="?", default="audit.toml")
@@ -46,11 +65,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verdict_exit(result: "AuditResult") -> int:
+    """Print the gate checks and turn the worst verdict into the exit code."""
+    from audit.gates import FAIL, INCONCLUSIVE, overall_verdict
+    from reports.junit import case_name
+
+    for _, check in result.gates.iterrows():
+        print(f"{check['verdict'].upper():>12}  {check['gate']}  {case_name(check)}: {check['reason']}")
+    verdict = overall_verdict(result.gates)
+    if verdict is not None:
+        print(f"verdict: {verdict}")
+    return {FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_INCONCLUSIVE}.get(verdict, EXIT_OK)
+
+
 def _run(args: argparse.Namespace) -> int:
     from audit.runner import run_audit
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = run_audit(args.config, out_dir=out, seed=args.seed, quiet=args.quiet)
+    result = run_audit(
+        args.config, out_dir=out, seed=args.seed, quiet=args.quiet, baseline=args.baseline,
+        history=False if args.no_history else None,
+    )
     errors = result.errors
     cells = len(result.metadata["cells"])
     print(f"report:  {out / 'report.html'}")
@@ -58,6 +93,35 @@ def _run(args: argparse.Namespace) -> int:
     if len(errors):
         failed = ", ".join(sorted({f"{r.model}/{r.attack}" for r in errors.itertuples()}))
         print(f"kansa: {len(errors)} of {cells} attack cells failed ({failed}); their rows have status=error", file=sys.stderr)
+    return _verdict_exit(result)
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from audit.runner import regate
+    from reports import write_gate_outputs
+
+    result = regate(args.run_dir, config=args.config, baseline=args.baseline)
+    written = write_gate_outputs(result, Path(args.run_dir))
+    print(f"verdicts: {written['gates']}, {written['junit']}, {written['summary']}")
+    return _verdict_exit(result)
+
+
+def _history(args: argparse.Namespace) -> int:
+    from audit.history import History, default_path
+
+    store = History(Path(args.db) if args.db else default_path(None, Path.cwd()))
+    if not store.path.is_file():
+        from audit.errors import KansaError
+
+        raise KansaError(f"no history database at {store.path}")
+    if args.metric:
+        rows = store.trend(args.metric, model=args.model, attack=args.attack, param_value=args.at, subset=args.subset)
+        if rows.empty:
+            print(f"no recorded values of {args.metric}")
+            return EXIT_OK
+        print(rows.tail(args.limit).to_string(index=False))
+    else:
+        print(store.runs(args.limit).to_string(index=False))
     return EXIT_OK
 
 
@@ -98,7 +162,7 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _run, "init": _init, "validate": _validate, "list": _list}
+COMMANDS = {"run": _run, "gate": _gate, "history": _history, "init": _init, "validate": _validate, "list": _list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,8 @@ from typing import Any
 from audit.data import validate_data_config
 from audit.errors import ConfigError
 from audit.models import validate_model_config
-from audit.params import Location, Number, Param, ParamSet, Text, validate_tagged
+from audit.gates import validate_gates_config
+from audit.params import Flag, Location, Number, Param, ParamSet, Text, validate_tagged
 
 TOP_PARAMS = (
     Param("title", Text(), "Kansa audit", "report title"),
@@ -24,7 +25,11 @@ TOP_PARAMS = (
 EVALUATION_PARAMS = (
     Param("samples", Number(1, None, integer=True), None, "attack at most this many test samples (default: the whole test split)"),
 )
-TABLES = ("data", "models", "evaluation", "attacks")
+HISTORY_PARAMS = (
+    Param("enabled", Flag(), True, "record every run in the history database"),
+    Param("path", Text(), None, "SQLite file, relative to this config (default: .kansa/history.sqlite in the working directory, or $KANSA_HISTORY)"),
+)
+TABLES = ("data", "models", "evaluation", "attacks", "gates", "history")
 
 
 @dataclass
@@ -36,6 +41,8 @@ class Config:
     models: list[dict[str, Any]]
     evaluation: dict[str, Any]
     attacks: list[dict[str, Any]]
+    gates: list[dict[str, Any]]
+    history: dict[str, Any]
     text: str
 
     @property
@@ -50,6 +57,7 @@ class Config:
             "models": self.models,
             "evaluation": self.evaluation,
             "attacks": self.attacks,
+            "gates": self.gates,
         }
 
     def digest(self) -> str:
@@ -133,6 +141,8 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
     evaluation = ParamSet(EVALUATION_PARAMS).validate(raw.get("evaluation", {}), where.child("evaluation"))
     attacks = [validate_attack_config(a, where.child("attacks").child(i)) for i, a in enumerate(_list_of_tables(raw, "attacks", where))]
     _unique(attacks, "id", where, "attacks")
+    gates = validate_gates_config(raw.get("gates"), where.child("gates"))
+    history = ParamSet(HISTORY_PARAMS).validate(raw.get("history", {}), where.child("history"))
     return Config(
         path=path.resolve(),
         title=top["title"],
@@ -141,6 +151,8 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
         models=models,
         evaluation=evaluation,
         attacks=attacks,
+        gates=gates,
+        history=history,
         text=text,
     )
 
@@ -149,6 +161,7 @@ def schema_markdown() -> str:
     """The whole config schema as Markdown tables, generated from the same declarations that validate."""
     from attacks import registry
     from audit.data import COMMON_PARAMS as DATA_COMMON, SOURCE_PARAMS
+    from audit.gates import GATE_PARAMS, PRESETS
     from audit.models import COMMON_PARAMS as MODEL_COMMON, KIND_PARAMS
     from audit.params import describe_params
 
@@ -169,7 +182,10 @@ def schema_markdown() -> str:
             *table(MODEL_COMMON)]
     for kind, params in KIND_PARAMS.items():
         out += [f'#### `kind = "{kind}"`', "", *table(params)]
-    out += ["### `[evaluation]`", "", *table(EVALUATION_PARAMS), "### `[[attacks]]`", "",
+    out += ["### `[evaluation]`", "", *table(EVALUATION_PARAMS)]
+    out += ["### `[[gates]]`", "", "Presets: " + ", ".join(f"`{k}` ({', '.join(f'{a} = {b}' for a, b in v.items())})" for k, v in PRESETS.items()) + ".", "",
+            *table(GATE_PARAMS), "### `[history]`", "", *table(HISTORY_PARAMS)]
+    out += ["### `[[attacks]]`", "",
             "Every attack takes `name` (required) and `id` (its label in results; default: the name).", ""]
     for name, cls in registry().items():
         out += [f'#### `name = "{name}"`', "", cls.summary + ".", "", *table(cls.params)]

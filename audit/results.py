@@ -97,6 +97,7 @@ class AuditResult:
     metadata: dict[str, Any]
     out_dir: Path | None = None
     artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    gates: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def errors(self) -> pd.DataFrame:
@@ -108,3 +109,25 @@ class AuditResult:
         for column, wanted in where.items():
             selected = selected[selected[column] == wanted]
         return selected
+
+
+def load_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a results.json (or the run folder holding one) back into the table and its metadata."""
+    import json
+
+    from audit.errors import KansaError
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise KansaError(f"results file not found: {path}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KansaError(f"{path}: not a readable results.json ({exc})") from None
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA_VERSION:
+        found = document.get("schema") if isinstance(document, dict) else None
+        raise KansaError(f"{path}: expected a Kansa results file with schema {SCHEMA_VERSION}, found {found!r}")
+    rows = [{k: (math.nan if v is None and k in ("value", "ci_low", "ci_high", "param_value") else v) for k, v in r.items()} for r in document["results"]]
+    return make_table(rows), document["metadata"]

@@ -11,7 +11,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,7 +26,10 @@ from audit.models import (
     make_target,
     train,
 )
-from audit.results import AuditResult, count_row, error_row, make_table, rate_row
+from audit.gates import evaluate_gates, overall_verdict, validate_gates_config
+from audit.history import History, default_path, git_state, resolve_baseline
+from audit.params import Location
+from audit.results import AuditResult, count_row, error_row, load_results, make_table, rate_row
 
 
 def derive_seed(seed: int, *labels: str) -> int:
@@ -111,6 +114,22 @@ def _prepare_model(
     return make_target(module, dataset, output_kind, name), cost
 
 
+def _trainer_for(cfg: dict[str, Any], dataset: Dataset) -> Callable[[np.ndarray, np.ndarray, int], Target] | None:
+    """Train models like the target (shadow / reference models); only built-in models have a recipe."""
+    if cfg["kind"] != "builtin":
+        return None
+
+    def train_like_target(x: np.ndarray, y: np.ndarray, seed: int) -> Target:
+        import torch
+
+        torch.manual_seed(seed)
+        module = build_builtin(cfg, dataset.input_shape, dataset.n_classes, dataset.is_image)
+        train(module, x, y, cfg, seed, progress=False, label=f"{cfg['name']} (reference)")
+        return make_target(module, dataset, "logits", f"{cfg['name']}-reference")
+
+    return train_like_target
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40] or "x"
 
@@ -120,8 +139,15 @@ def run_audit(
     out_dir: str | Path | None = None,
     seed: int | None = None,
     quiet: bool = True,
+    baseline: str | None = None,
+    history: bool | None = None,
 ) -> AuditResult:
-    """Run the whole audit; writes report.html, results.json and results.csv when `out_dir` is given."""
+    """Run the whole audit and evaluate its gates.
+
+    Writes every output into `out_dir` when given. `baseline` (a results.json, a run folder, a
+    run id or "last-pass") feeds regression gates; `history` (default: the config's
+    [history] enabled) records the run in the history database.
+    """
     from attacks import registry
     from attacks.base import AttackContext
 
@@ -130,6 +156,9 @@ def run_audit(
         config = load_config(config, seed=seed)
     elif seed is not None:
         config.seed = seed
+    store = History(default_path(config.history["path"], config.base_dir))
+    git = git_state(config.base_dir)
+    baseline_table, baseline_label = resolve_baseline(baseline, store, git[1], config.title) if baseline else (None, None)
     progress = Progress(quiet)
     dataset = load_dataset(config.data, config.base_dir, derive_seed(config.seed, "sample"))
     splits = split_dataset(dataset, config.data["split"], derive_seed(config.seed, "split"))
@@ -152,6 +181,7 @@ def run_audit(
         target, cost_rows = _prepare_model(model_cfg, dataset, splits, config, progress)
         rows += [{**row, "model": name} for row in cost_rows + _performance_rows(target, dataset, splits)]
         models_meta.append({"name": name, "kind": model_cfg["kind"], "output": target.output_kind, "sha256": target.digest})
+        trainer = _trainer_for(model_cfg, dataset)
         for attack_cfg in config.attacks:
             attack_id = attack_cfg["id"]
             where = {"model": name, "defense": target.defense, "attack": attack_id}
@@ -162,7 +192,7 @@ def run_audit(
             attack_class = attack_classes[attack_cfg["name"]]
             try:
                 output = attack_class(**attack_cfg["params"]).run(
-                    target, x_eval, y_eval, AttackContext(cell_seed, dataset.class_names)
+                    target, x_eval, y_eval, AttackContext(cell_seed, dataset.class_names, dataset, splits, trainer)
                 )
             except Exception as exc:  # one failing attack must not lose the rest of the audit
                 message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
@@ -202,12 +232,36 @@ def run_audit(
         "cells": cells,
         "versions": versions(),
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "python": sys.executable},
+        "git": {"commit": git[0], "branch": git[1]},
+        "baseline": baseline_label,
     }
     metadata["wall_seconds"] = time.perf_counter() - started
     result = AuditResult(table=table, metadata=metadata, artifacts=artifacts)
+    result.gates = evaluate_gates(config.gates, table, baseline_table)
     if out_dir is not None:
         from reports import write_outputs
 
         result.out_dir = Path(out_dir)
         write_outputs(result, result.out_dir)
+    if config.history["enabled"] if history is None else history:
+        store.record(result, overall_verdict(result.gates), git)
+    return result
+
+
+def regate(run_dir: str | Path, config: str | Path | None = None, baseline: str | None = None) -> AuditResult:
+    """Re-evaluate gates on a finished run (its own gates, or those of `config`) without re-running anything."""
+    table, metadata = load_results(run_dir)
+    if config is not None:
+        loaded = load_config(config)
+        gates, history_path, base_dir = loaded.gates, loaded.history["path"], loaded.base_dir
+    else:
+        stored = metadata["config"]
+        gates = validate_gates_config(stored.get("gates"), Location(f"{run_dir} (stored config)", "gates"))
+        history_path, base_dir = None, Path(metadata["config_path"]).parent
+    baseline_table, baseline_label = None, None
+    if baseline:
+        store = History(default_path(history_path, base_dir))
+        baseline_table, baseline_label = resolve_baseline(baseline, store, metadata.get("git", {}).get("branch"), metadata["title"])
+    result = AuditResult(table=table, metadata={**metadata, "baseline": baseline_label}, out_dir=Path(run_dir))
+    result.gates = evaluate_gates(gates, table, baseline_table)
     return result

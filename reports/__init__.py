@@ -1,4 +1,4 @@
-"""Renderers: one module per output format, each reading the results table and run metadata only."""
+"""Renderers: one module per output format, each reading the results table, verdicts and run metadata only."""
 
 from __future__ import annotations
 
@@ -6,6 +6,20 @@ from pathlib import Path
 
 from audit.files import write_npz_atomic
 from audit.results import AuditResult
+
+
+def write_gate_outputs(result: AuditResult, out_dir: Path) -> dict[str, Path]:
+    """The verdict files a CI job reads: gates.json, junit.xml, summary.md."""
+    from reports.junit import write_junit
+    from reports.markdown import write_summary
+    from reports.tabular import write_gates_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "gates": write_gates_json(result, out_dir),
+        "junit": write_junit(result, out_dir),
+        "summary": write_summary(result, out_dir),
+    }
 
 
 def write_outputs(result: AuditResult, out_dir: Path) -> dict[str, Path]:
@@ -16,8 +30,7 @@ def write_outputs(result: AuditResult, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     for key, arrays in result.artifacts.items():
         write_npz_atomic(out_dir / "artifacts" / f"{key}.npz", arrays)
-    return {
-        "json": write_json(result, out_dir),
-        "csv": write_csv(result, out_dir),
-        "html": write_html(result, out_dir),
-    }
+    written = {"json": write_json(result, out_dir), "csv": write_csv(result, out_dir)}
+    written.update(write_gate_outputs(result, out_dir))
+    written["html"] = write_html(result, out_dir)
+    return written

@@ -14,7 +14,10 @@ import pandas as pd
 
 from audit.files import write_text_atomic
 from audit.results import AuditResult
+from audit.gates import overall_verdict
 from reports import figures
+from reports.junit import case_name
+from reports.queries import headline
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -36,21 +39,31 @@ def fmt_ci(row: pd.Series) -> str:
 
 def _summary(result: AuditResult) -> dict[str, Any]:
     table = result.table
-    perf = table[(table["metric"] == "accuracy") & (table["subset"] == "split=test")]
-    headline = []
-    robust = table[(table["metric"] == "robust_accuracy") & (table["subset"] == "all")]
-    for _, row in perf.iterrows():
-        worst = robust[robust["model"] == row["model"]].sort_values("value").head(1)
-        headline.append(
-            {
-                "model": row["model"],
-                "clean": fmt_ci(row),
-                "worst": fmt_ci(worst.iloc[0]) if len(worst) else "–",
-                "worst_at": f"{worst.iloc[0]['attack']} eps={worst.iloc[0]['param_value']:g}" if len(worst) else "",
-            }
-        )
+    models = [
+        {
+            "model": item["model"],
+            "clean": fmt_ci(item["clean"]),
+            "worst": fmt_ci(item["worst"]) if item["worst"] is not None else "–",
+            "worst_at": f"{item['worst']['attack']} eps={item['worst']['param_value']:g}" if item["worst"] is not None else "",
+        }
+        for item in headline(table)
+    ]
+    gates = [
+        {
+            "verdict": check["verdict"],
+            "gate": check["gate"],
+            "where": case_name(check),
+            "rule": check["rule"],
+            "reason": check["reason"],
+            "characteristic": check["characteristic"],
+        }
+        for _, check in result.gates.iterrows()
+    ]
     return {
-        "headline": headline,
+        "headline": models,
+        "verdict": overall_verdict(result.gates),
+        "gates": gates,
+        "baseline": result.metadata.get("baseline"),
         "errors": int((table["status"] == "error").sum()),
         "findings": int(((table["category"] == "data_quality") & (table["message"] != "")).sum()),
     }

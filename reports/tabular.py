@@ -33,3 +33,20 @@ def write_csv(result: AuditResult, out_dir: Path) -> Path:
     path = out_dir / "results.csv"
     write_text_atomic(path, result.table.to_csv(index=False))
     return path
+
+
+def write_gates_json(result: AuditResult, out_dir: Path) -> Path:
+    """gates.json: the verdicts of a run (rewritten by `kansa gate`, while results.json stays as measured)."""
+    path = out_dir / "gates.json"
+    checks = [{k: _clean(v) for k, v in row.items()} for row in result.gates.to_dict(orient="records")]
+    from audit.gates import overall_verdict
+
+    document = {
+        "schema": "kansa.gates/1",
+        "run_id": result.metadata["run_id"],
+        "verdict": overall_verdict(result.gates),
+        "baseline": result.metadata.get("baseline"),
+        "checks": checks,
+    }
+    write_text_atomic(path, json.dumps(document, indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n")
+    return path

@@ -9,6 +9,12 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _history_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
+    """Runs record history; keep the tests' records out of the working directory."""
+    os.environ["KANSA_HISTORY"] = str(tmp_path_factory.mktemp("history") / "history.sqlite")
+
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 MNIST_DIR = SHARED / "data" / "mnist"
 

@@ -115,4 +115,4 @@ def test_schema_docs_match_the_declarations():
 
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
     block = doc.split("<!-- schema:start -->\n", 1)[1].split("<!-- schema:end -->", 1)[0]
-    assert block == schema_markdown(), "docs/config.md is stale: regenerate it with `kansa list --schema`"
+    assert block == schema_markdown(), "docs/config.md is stale: regenerate it with `make docs`"

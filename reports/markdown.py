@@ -1,0 +1,60 @@
+"""summary.md: the verdict first, then what failed or could not be decided, then the headline numbers.
+
+Written for a CI step summary or a pull-request comment; Markdown-special characters in user
+text are escaped so a model name cannot break the tables.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from audit.files import write_text_atomic
+from audit.gates import FAIL, INCONCLUSIVE, PASS, SEVERITY, overall_verdict
+from audit.results import AuditResult
+from reports.junit import case_name
+from reports.queries import headline
+
+ICONS = {PASS: "✅ pass", FAIL: "❌ fail", INCONCLUSIVE: "⚠️ inconclusive", None: "no gates"}
+
+
+def escape(text: object) -> str:
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", str(text)).replace("\n", " ")
+
+
+def summary_markdown(result: AuditResult) -> str:
+    meta, table, gates = result.metadata, result.table, result.gates
+    verdict = overall_verdict(gates)
+    lines = [f"## Kansa audit: {escape(meta['title'])}", "", f"**Verdict: {ICONS[verdict]}** · run `{meta['run_id']}` · {meta['created']}", ""]
+    if meta.get("baseline"):
+        lines += [f"Baseline: {escape(meta['baseline'])}", ""]
+    if not gates.empty:
+        ordered = gates.assign(rank=gates["verdict"].map(SEVERITY)).sort_values("rank", ascending=False, kind="stable")
+        counts = ", ".join(f"{int((gates['verdict'] == v).sum())} {v}" for v in (FAIL, INCONCLUSIVE, PASS))
+        lines += [f"### Gates ({counts})", "", "| verdict | gate | where | rule | evidence |", "| --- | --- | --- | --- | --- |"]
+        for _, check in ordered.iterrows():
+            lines.append(
+                f"| {ICONS[check['verdict']]} | {escape(check['gate'])} | {escape(case_name(check))} | {escape(check['rule'])} | {escape(check['reason'])} |"
+            )
+        lines.append("")
+    errors = table[table["status"] == "error"]
+    if not errors.empty:
+        lines += ["### Failed attack cells", ""]
+        lines += [f"- {escape(r['model'])} / {escape(r['attack'])}: {escape(r['message'])}" for _, r in errors.iterrows()]
+        lines.append("")
+    models = headline(table)
+    if models:
+        lines += ["### Headline", "", "| model | clean accuracy (test) | lowest robust accuracy | at |", "| --- | --- | --- | --- |"]
+        for item in models:
+            clean, worst = item["clean"], item["worst"]
+            at = f"{escape(worst['attack'])} eps={worst['param_value']:g}" if worst is not None else "–"
+            low = f"{worst['value']:.3f}" if worst is not None else "–"
+            lines.append(f"| {escape(item['model'])} | {clean['value']:.3f} [{clean['ci_low']:.3f}, {clean['ci_high']:.3f}] | {low} | {at} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_summary(result: AuditResult, out_dir: Path) -> Path:
+    path = out_dir / "summary.md"
+    write_text_atomic(path, summary_markdown(result))
+    return path

@@ -1,0 +1,18 @@
+"""Questions several renderers ask of the results table, answered once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+
+def headline(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per model: its test accuracy row and its lowest robust-accuracy row (None when no attack succeeded)."""
+    accuracy = table[(table["metric"] == "accuracy") & (table["subset"] == "split=test")]
+    robust = table[(table["metric"] == "robust_accuracy") & (table["subset"] == "all") & (table["status"] == "ok")]
+    out = []
+    for _, row in accuracy.iterrows():
+        worst = robust[robust["model"] == row["model"]].sort_values("value", kind="stable").head(1)
+        out.append({"model": row["model"], "clean": row, "worst": worst.iloc[0] if len(worst) else None})
+    return out
