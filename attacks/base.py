@@ -65,6 +65,14 @@ class Attack(ABC):
         """Attack `target` on (x, y) and measure the outcome."""
 
 
+def _finite(logits: np.ndarray, what: str) -> np.ndarray:
+    """NaN logits would make argmax silently answer class 0; refuse to measure on them."""
+    bad = ~np.isfinite(logits).all(axis=1)
+    if bad.any():
+        raise ValueError(f"the model returned NaN or infinite outputs for {int(bad.sum())} of {len(bad)} {what} inputs")
+    return logits
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
@@ -90,7 +98,7 @@ class EvasionAttack(Attack):
         if self.values["norm"] == "inf" and max(self.values["eps"]) > high - low:
             raise ValueError(f"L-inf eps {max(self.values['eps']):g} exceeds the width of the input range [{low:g}, {high:g}]")
         n = len(y)
-        clean_logits = target.logits(x, self.values["batch_size"])
+        clean_logits = _finite(target.logits(x, self.values["batch_size"]), "clean")
         clean_pred = clean_logits.argmax(axis=1)
         clean_correct = clean_pred == y
         gallery = np.flatnonzero(clean_correct)[:GALLERY_SIZE]
@@ -107,7 +115,7 @@ class EvasionAttack(Attack):
         rows: list[dict[str, Any]] = []
         for eps in self.values["eps"]:
             x_adv = self.perturb(target, x, y, eps).astype(np.float32, copy=False)
-            adv_logits = target.logits(x_adv, self.values["batch_size"])
+            adv_logits = _finite(target.logits(x_adv, self.values["batch_size"]), f"adversarial (eps={eps:g})")
             adv_pred = adv_logits.argmax(axis=1)
             robust = adv_pred == y
             delta = (x_adv - x).reshape(n, -1).astype(np.float64)

@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--baseline", help='for regression gates: a results.json, a run folder, a run id, or "last-pass"')
     run.add_argument("--no-history", action="store_true", help="do not record this run in the history database")
+    run.add_argument("--force", action="store_true", help="overwrite an output folder that holds another run")
 
     gate = commands.add_parser("gate", help="re-evaluate gates on a finished run (exit 0 pass, 1 fail, 3 inconclusive)")
     gate.add_argument("run_dir", help="folder holding results.json")
@@ -84,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = run_audit(
         args.config, out_dir=out, seed=args.seed, quiet=args.quiet, baseline=args.baseline,
-        history=False if args.no_history else None,
+        history=False if args.no_history else None, force=args.force,
     )
     errors = result.errors
     cells = len(result.metadata["cells"])
@@ -162,6 +163,11 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _one_line(message: str) -> str:
+    """Control characters (from file contents or odd keys) must not break the one-line contract."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+
+
 COMMANDS = {"run": _run, "gate": _gate, "history": _history, "init": _init, "validate": _validate, "list": _list}
 
 
@@ -174,11 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KansaError as exc:
         if args.debug:
             raise
-        print(f"kansa: error: {exc}", file=sys.stderr)
+        print(f"kansa: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("kansa: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line, with the way to the traceback
+        if args.debug:
+            raise
+        print(f"kansa: error: internal error ({type(exc).__name__}: {_one_line(str(exc))}); rerun with --debug for the traceback", file=sys.stderr)
+        return EXIT_INPUT
 
 
 if __name__ == "__main__":

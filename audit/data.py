@@ -133,8 +133,10 @@ def _table(frame: Any, cfg: dict[str, Any], path: Path) -> tuple[np.ndarray, np.
         raise DataError(f"{path}: feature columns not found: {', '.join(missing)}")
     if not features:
         raise DataError(f"{path}: no feature columns besides the label {label!r}")
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
     for column in features:
-        if not np.issubdtype(frame[column].dtype, np.number):
+        if not is_numeric_dtype(frame[column]) or is_bool_dtype(frame[column]):
             raise DataError(f"{path}: feature column {column!r} is not numeric (dtype {frame[column].dtype})")
     if frame[label].isna().any():
         raise DataError(f"{path}: label column {label!r} has {int(frame[label].isna().sum())} empty values")

@@ -17,3 +17,11 @@ class DataError(KansaError):
 
 class ModelError(KansaError):
     """A model file or factory that cannot be loaded safely or does not fit the data."""
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` on one line; for multi-line messages (TorchScript's tracebacks) the last line says what failed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    message = lines[-1] if lines else ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from audit.errors import ModelError
+from audit.errors import ModelError, describe_exception
 from audit.params import AnyTable, Choice, Flag, ListOf, Location, Number, Param, Text, validate_tagged
 
 if TYPE_CHECKING:
@@ -56,12 +56,22 @@ KIND_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("strict", Flag(), True, "require the state_dict keys to match the architecture exactly"),
         _OUTPUT,
     ),
+    "pickle": (
+        Param("path", Text(), doc="a whole model saved with torch.save(model); loading it runs code from the file"),
+        Param("allow_unsafe_pickle", Flag(), False, "must be true: you trust the file's author (the report says so)"),
+        _OUTPUT,
+    ),
 }
 COMMON_PARAMS = (Param("name", Text(), None, "label in results and reports (default: the kind or architecture)"),)
 
 
 def validate_model_config(table: Any, where: Location) -> dict[str, Any]:
     values = validate_tagged(table, where, "kind", KIND_PARAMS, COMMON_PARAMS, default_tag="builtin")
+    if values["kind"] == "pickle" and not values["allow_unsafe_pickle"]:
+        raise where.child("allow_unsafe_pickle").error(
+            "a pickled model runs arbitrary code when loaded; set allow_unsafe_pickle = true only for a file you trust, "
+            'or use kind = "state_dict" or "torchscript"'
+        )
     if values["kind"] == "state_dict" and ":" not in values["factory"]:
         raise where.child("factory").error(f'expected "package.module:function", got "{values["factory"]}"')
     if values["name"] is None:
@@ -167,7 +177,8 @@ def _model_file(path: str, base_dir: Path) -> Path:
 
 SAFE_FORMATS = (
     "save the weights with torch.save(model.state_dict(), PATH) and set kind = \"state_dict\" with a factory, "
-    "or export TorchScript with torch.jit.save(torch.jit.script(model), PATH) and set kind = \"torchscript\""
+    "or export TorchScript with torch.jit.save(torch.jit.script(model), PATH) and set kind = \"torchscript\" "
+    "(for a file you trust: kind = \"pickle\" with allow_unsafe_pickle = true)"
 )
 
 
@@ -177,6 +188,14 @@ def load_user_model(cfg: dict[str, Any], base_dir: Path) -> "torch.nn.Module":
     import torch
 
     path = _model_file(cfg["path"], base_dir)
+    if cfg["kind"] == "pickle":
+        try:
+            module = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:  # unpickling can raise anything the file's code raises
+            raise ModelError(f"{path}: cannot unpickle the model ({describe_exception(exc)})") from None
+        if not isinstance(module, torch.nn.Module):
+            raise ModelError(f"{path}: unpickled a {type(module).__name__}, not a torch.nn.Module")
+        return module.eval()
     if cfg["kind"] == "torchscript":
         try:
             with warnings.catch_warnings():  # torch deprecates TorchScript, but users still ship it
@@ -184,24 +203,26 @@ def load_user_model(cfg: dict[str, Any], base_dir: Path) -> "torch.nn.Module":
                 module = torch.jit.load(str(path), map_location="cpu")
         except RuntimeError as exc:
             hint = " It looks like a torch.save pickle, not TorchScript." if _is_zip_pickle(path) else ""
-            raise ModelError(f"{path}: not a TorchScript file ({str(exc).splitlines()[0]}).{hint}") from None
+            raise ModelError(f"{path}: not a TorchScript file ({describe_exception(exc)}).{hint}") from None
         return module.eval()
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if not _looks_like_torch_save(path):
+            raise ModelError(f"{path}: not a torch state_dict file ({describe_exception(exc)})") from None
         raise ModelError(
             f"{path}: holds pickled Python objects (a whole model?), which Kansa does not load because "
             f"unpickling can run arbitrary code; {SAFE_FORMATS}"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise ModelError(f"{path}: not a torch state_dict file ({str(exc).splitlines()[0]})") from None
+        raise ModelError(f"{path}: not a torch state_dict file ({describe_exception(exc)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
     factory = _import_factory(cfg["factory"], base_dir)
     try:
         module = factory(**(cfg["factory_args"] or {}))
     except Exception as exc:
-        raise ModelError(f'factory "{cfg["factory"]}" raised {type(exc).__name__}: {exc}') from None
+        raise ModelError(f'factory "{cfg["factory"]}" raised {describe_exception(exc)}') from None
     if not isinstance(module, torch.nn.Module):
         raise ModelError(f'factory "{cfg["factory"]}" returned {type(module).__name__}, not a torch.nn.Module')
     try:
@@ -210,6 +231,13 @@ def load_user_model(cfg: dict[str, Any], base_dir: Path) -> "torch.nn.Module":
         first = " ".join(str(exc).split())[:300]
         raise ModelError(f"{path}: does not fit the architecture built by {cfg['factory']}: {first}") from None
     return module.eval()
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """torch.save writes a zip archive holding data.pkl (or, in old versions, a bare pickle)."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return _is_zip_pickle(path) or head[:1] == b"\x80"
 
 
 def _is_zip_pickle(path: Path) -> bool:
@@ -231,7 +259,7 @@ def detect_output(module: "torch.nn.Module", sample: np.ndarray, n_classes: int,
         try:
             out = module(torch.from_numpy(sample))
         except Exception as exc:
-            raise ModelError(f"model {name!r} fails on inputs of shape {tuple(sample.shape[1:])}: {type(exc).__name__}: {exc}") from None
+            raise ModelError(f"model {name!r} fails on inputs of shape {tuple(sample.shape[1:])}: {describe_exception(exc)}") from None
     if not isinstance(out, torch.Tensor) or out.shape != (len(sample), n_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"model {name!r} returns {shape} for a batch of {len(sample)}; expected ({len(sample)}, {n_classes}) for {n_classes} classes")

@@ -9,7 +9,9 @@ constraints below; the same declarations validate user input, fill defaults, fee
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -19,8 +21,10 @@ REQUIRED: Any = object()
 
 
 def _show(value: Any) -> str:
+    """A value as the user would write it, on one line and at most about 60 characters."""
     if isinstance(value, str):
-        return '"' + value + '"'
+        text = json.dumps(value, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:56] + '..."'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
@@ -233,6 +237,9 @@ class Param:
         return "required" if self.required else ("none" if self.default is None else _show(self.default))
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 @dataclass(frozen=True)
 class Location:
     """Where a value sits in the user's file, for messages like `audit.toml: attacks[1].eps: ...`."""
@@ -243,7 +250,8 @@ class Location:
     def child(self, key: str | int) -> "Location":
         if isinstance(key, int):
             return Location(self.source, f"{self.path}[{key}]")
-        return Location(self.source, f"{self.path}.{key}" if self.path else key)
+        shown = key if _BARE_KEY.fullmatch(key) else _show(key)
+        return Location(self.source, f"{self.path}.{shown}" if self.path else shown)
 
     def error(self, message: str) -> ConfigError:
         where = f"{self.source}: {self.path}: " if self.path else f"{self.source}: "

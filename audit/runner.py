@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import random
 import re
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from audit.config import Config, load_config
+from audit.errors import KansaError, describe_exception
 from audit.data import Dataset, Splits, load_dataset, quality_rows, split_dataset
 from audit.models import (
     Target,
@@ -108,6 +110,10 @@ def _prepare_model(
     else:
         module = load_user_model(cfg, config.base_dir)
         output_kind = cfg["output"]
+        if cfg["kind"] == "pickle":
+            cost.append(count_row("unsafe_pickle_loaded", 1, category="model", message=(
+                f"{cfg['path']} was unpickled with allow_unsafe_pickle = true: loading it could run any code it holds"
+            )))
     output_kind = detect_output(module, dataset.x[splits.train[:8]], dataset.n_classes, output_kind, name)
     total, nonzero = count_parameters(module)
     cost += [count_row("parameters", total, category="cost"), count_row("nonzero_parameters", nonzero, category="cost")]
@@ -134,6 +140,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40] or "x"
 
 
+def _check_out_dir(out_dir: Path, config_digest: str, force: bool) -> None:
+    """Refuse to overwrite a folder holding anything but an earlier run of this very config."""
+    if force or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise KansaError(f"output folder {out_dir} is a file")
+    if not any(out_dir.iterdir()):
+        return
+    try:
+        previous = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))["metadata"]["config_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = None
+    if previous == config_digest:
+        return
+    held = "a run of a different config (or seed)" if previous else "files that are not a complete Kansa run"
+    raise KansaError(f"output folder {out_dir} holds {held}; choose another --out, or pass --force to overwrite it")
+
+
 def run_audit(
     config: str | Path | Config,
     out_dir: str | Path | None = None,
@@ -141,6 +165,7 @@ def run_audit(
     quiet: bool = True,
     baseline: str | None = None,
     history: bool | None = None,
+    force: bool = False,
 ) -> AuditResult:
     """Run the whole audit and evaluate its gates.
 
@@ -156,6 +181,8 @@ def run_audit(
         config = load_config(config, seed=seed)
     elif seed is not None:
         config.seed = seed
+    if out_dir is not None:
+        _check_out_dir(Path(out_dir), config.digest(), force)
     store = History(default_path(config.history["path"], config.base_dir))
     git = git_state(config.base_dir)
     baseline_table, baseline_label = resolve_baseline(baseline, store, git[1], config.title) if baseline else (None, None)
@@ -176,12 +203,14 @@ def run_audit(
     models_meta: list[dict[str, Any]] = []
     cells: list[dict[str, Any]] = []
     artifacts: dict[str, dict[str, np.ndarray]] = {}
-    for model_cfg in config.models:
+    prepared = []
+    for model_cfg in config.models:  # every model is loaded and checked before any attack spends time
         name = model_cfg["name"]
         target, cost_rows = _prepare_model(model_cfg, dataset, splits, config, progress)
         rows += [{**row, "model": name} for row in cost_rows + _performance_rows(target, dataset, splits)]
         models_meta.append({"name": name, "kind": model_cfg["kind"], "output": target.output_kind, "sha256": target.digest})
-        trainer = _trainer_for(model_cfg, dataset)
+        prepared.append((name, target, _trainer_for(model_cfg, dataset)))
+    for name, target, trainer in prepared:
         for attack_cfg in config.attacks:
             attack_id = attack_cfg["id"]
             where = {"model": name, "defense": target.defense, "attack": attack_id}
@@ -195,7 +224,7 @@ def run_audit(
                     target, x_eval, y_eval, AttackContext(cell_seed, dataset.class_names, dataset, splits, trainer)
                 )
             except Exception as exc:  # one failing attack must not lose the rest of the audit
-                message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+                message = describe_exception(exc, limit=500)
                 rows.append(error_row(message, category=attack_class.category, **where))
                 cells.append({**where, "seconds": time.perf_counter() - cell_start, "status": "error", "message": message})
                 progress.say(f"attack {attack_id} on {name} failed: {message}")

@@ -13,7 +13,7 @@ from audit.config import example_config, load_config
 from tests.conftest import SMALL_AUDIT, write
 
 MALFORMED = [
-    # (what is wrong, config text, text the one-line message must contain)
+    # (what is wrong, config text, text (or texts) the one-line message must contain)
     ("eps is a word", SMALL_AUDIT.replace("eps = [0.05, 0.1, 0.2]\n\n", 'eps = "big"\n\n', 1),
      'attacks[0].eps: expected a number or a list of numbers > 0, got "big"'),
     ("negative eps in a list", SMALL_AUDIT.replace("eps = [0.05, 0.1, 0.2]\nsteps", "eps = [0.1, -0.2]\nsteps"),
@@ -21,7 +21,7 @@ MALFORMED = [
     ("typo in an attack key", SMALL_AUDIT.replace("steps = 10", "stepz = 10"),
      'attacks[1].stepz: unknown key; did you mean "steps"?'),
     ("unknown attack", SMALL_AUDIT.replace('name = "fgsm"', 'name = "fgsn"'),
-     'attacks[0].name: expected one of "fgsm", "pgd", got "fgsn" (did you mean "fgsm"?)'),
+     ("attacks[0].name: expected one of ", 'got "fgsn" (did you mean "fgsm"?)')),
     ("unknown top-level key", "sed = 1\n" + SMALL_AUDIT.replace("seed = 3\n", ""),
      'sed: unknown key; did you mean "seed"?'),
     ("seed is text", SMALL_AUDIT.replace("seed = 3", 'seed = "three"'), 'seed: expected an integer in [0, 2147483647], got "three"'),
@@ -59,7 +59,8 @@ def test_malformed_config_exits_2_with_one_line_naming_the_key(tmp_path, capsys,
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1, captured.err
     assert lines[0].startswith(f"kansa: error: {path}: "), lines[0]
-    assert expected in lines[0]
+    for fragment in (expected,) if isinstance(expected, str) else expected:
+        assert fragment in lines[0]
     assert "Traceback" not in captured.err
 
 
