@@ -5,13 +5,19 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.kansa-installed
 
-.PHONY: audit test setup docs clean
+.PHONY: audit test setup browser docs clean
 
 audit: $(STAMP)
 	$(BIN)/kansa run audit/resources/example.toml --out runs/default
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
+
+# The report's browser check needs Debian's chromium (and a Japanese font); install them when absent.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-ipafont-gothic) >/dev/null 2>&1 \
+	  || echo "kansa: chromium could not be installed here; the browser check will be skipped"
+	@fc-list 2>/dev/null | grep -qi ipagothic || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-ipafont-gothic) >/dev/null 2>&1 || true
 
 setup: $(STAMP)
 

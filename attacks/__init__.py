@@ -11,7 +11,14 @@ from audit.errors import KansaError
 if TYPE_CHECKING:
     from attacks.base import Attack
 
-_BUILTIN_MODULES = ("attacks.evasion",)
+_BUILTIN_MODULES = (
+    "attacks.evasion",
+    "attacks.minimum_norm",
+    "attacks.blackbox",
+    "attacks.membership",
+    "attacks.inversion",
+    "attacks.attribute",
+)
 _REGISTRY: dict[str, type["Attack"]] = {}
 _loaded = False
 

@@ -30,7 +30,7 @@ class AttackContext:
     Privacy attacks need the whole split (members are drawn from train, non-members from
     hold-out) and a way to train models like the target (shadow and reference models).
     `train_like_target(x, y, seed)` trains a fresh model with the target's architecture and
-    recipe; it is None when the target cannot be retrained (e.g. a TorchScript file).
+    recipe (for a loaded model: the built-in architecture and recipe for the data).
     """
 
     seed: int
@@ -50,12 +50,19 @@ class AttackOutput:
 
 
 class Attack(ABC):
-    """A named attack with declared parameters. Subclasses set the class attributes and `run`."""
+    """A named attack with declared parameters. Subclasses set the class attributes and `run`.
+
+    `randomized` attacks are re-run with other seeds when the config asks for repeats;
+    `gradient_access` and `single_step` tell the sanity checks what to compare.
+    """
 
     name: ClassVar[str]
     category: ClassVar[str]
     summary: ClassVar[str]
     params: ClassVar[tuple[Param, ...]] = ()
+    randomized: ClassVar[bool] = False
+    gradient_access: ClassVar[bool] = True
+    single_step: ClassVar[bool] = False
 
     def __init__(self, **values: Any) -> None:
         self.values = ParamSet(self.params).validate(values, Location(f"attack {self.name}"))
@@ -79,6 +86,48 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _gallery_artifacts(
+    x: np.ndarray, y: np.ndarray, clean_logits: np.ndarray, gallery: np.ndarray,
+    eps: list[float], x_adv: list[np.ndarray], adv_logits: list[np.ndarray],
+) -> dict[str, np.ndarray]:
+    """A few clean / adversarial pairs per eps for the report (NaN eps: the minimal perturbation).
+
+    `x_adv` and `adv_logits` hold only the gallery's samples, one entry per eps, so memory does not
+    grow with the number of attacked samples.
+    """
+    return {
+        "eps": np.asarray(eps, dtype=np.float64),
+        "index": gallery,
+        "x_clean": x[gallery],
+        "y": y[gallery],
+        "pred_clean": clean_logits[gallery].argmax(axis=1),
+        "conf_clean": _softmax(clean_logits[gallery]).max(axis=1),
+        "x_adv": np.stack(x_adv),
+        "pred_adv": np.stack([logits.argmax(axis=1) for logits in adv_logits]),
+        "conf_adv": np.stack([_softmax(logits).max(axis=1) for logits in adv_logits]),
+    }
+
+
+def _rate_rows(y: np.ndarray, clean_correct: np.ndarray, robust: np.ndarray, eps: float, class_names: list[str]) -> list[dict[str, Any]]:
+    """Clean and robust accuracy, success rate and per-class robust accuracy at one eps."""
+    n = len(y)
+    where = {"param": "eps", "param_value": float(eps)}
+    rows = [
+        rate_row("clean_accuracy", int(clean_correct.sum()), n, **where),
+        rate_row("robust_accuracy", int(robust.sum()), n, **where),
+        rate_row("success_rate", int((clean_correct & ~robust).sum()), int(clean_correct.sum()), **where),
+    ]
+    for label, class_name in enumerate(class_names):
+        mask = y == label
+        rows.append(rate_row("robust_accuracy", int(robust[mask].sum()), int(mask.sum()), subset=f"class={class_name}", **where))
+    return rows
+
+
+def _norms(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = delta.reshape(len(delta), -1).astype(np.float64)
+    return np.abs(flat).max(axis=1), np.linalg.norm(flat, axis=1)
+
+
 class EvasionAttack(Attack):
     """An attack that perturbs inputs within an epsilon ball; the base runs the epsilon sweep."""
 
@@ -89,6 +138,10 @@ class EvasionAttack(Attack):
         Param("batch_size", Number(1, 100_000, integer=True), 128, "samples per attack batch (measured fastest here: bench/RESULTS.md)"),
     )
 
+    @property
+    def norm(self) -> str:
+        return self.values["norm"]
+
     @abstractmethod
     def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         """Adversarial versions of x within `eps` of it (in the declared norm), inside the clip range."""
@@ -97,44 +150,97 @@ class EvasionAttack(Attack):
         low, high = target.clip_values
         if self.values["norm"] == "inf" and max(self.values["eps"]) > high - low:
             raise ValueError(f"L-inf eps {max(self.values['eps']):g} exceeds the width of the input range [{low:g}, {high:g}]")
-        n = len(y)
-        clean_logits = _finite(target.logits(x, self.values["batch_size"]), "clean")
-        clean_pred = clean_logits.argmax(axis=1)
-        clean_correct = clean_pred == y
+        batch = self.values["batch_size"]
+        clean_logits = _finite(target.logits(x, batch), "clean")
+        clean_correct = clean_logits.argmax(axis=1) == y
         gallery = np.flatnonzero(clean_correct)[:GALLERY_SIZE]
         per_sample: dict[str, np.ndarray] = {"clean_correct": clean_correct}
-        artifacts: dict[str, np.ndarray] = {
-            "eps": np.asarray(self.values["eps"], dtype=np.float64),
-            "index": gallery,
-            "x_clean": x[gallery],
-            "y": y[gallery],
-            "pred_clean": clean_pred[gallery],
-            "conf_clean": _softmax(clean_logits[gallery]).max(axis=1),
-        }
-        x_adv_gallery, pred_adv_gallery, conf_adv_gallery = [], [], []
         rows: list[dict[str, Any]] = []
+        x_advs, adv_logits_all = [], []
         for eps in self.values["eps"]:
             x_adv = self.perturb(target, x, y, eps).astype(np.float32, copy=False)
-            adv_logits = _finite(target.logits(x_adv, self.values["batch_size"]), f"adversarial (eps={eps:g})")
-            adv_pred = adv_logits.argmax(axis=1)
-            robust = adv_pred == y
-            delta = (x_adv - x).reshape(n, -1).astype(np.float64)
+            adv_logits = _finite(target.logits(x_adv, batch), f"adversarial (eps={eps:g})")
+            robust = adv_logits.argmax(axis=1) == y
+            linf, l2 = _norms(x_adv - x)
+            rows += _rate_rows(y, clean_correct, robust, eps, context.class_names)
             where = {"param": "eps", "param_value": float(eps)}
-            rows += [
-                rate_row("clean_accuracy", int(clean_correct.sum()), n, **where),
-                rate_row("robust_accuracy", int(robust.sum()), n, **where),
-                rate_row("success_rate", int((clean_correct & ~robust).sum()), int(clean_correct.sum()), **where),
-                mean_row("perturbation_linf", np.abs(delta).max(axis=1), **where),
-                mean_row("perturbation_l2", np.linalg.norm(delta, axis=1), **where),
-            ]
-            for label, class_name in enumerate(context.class_names):
-                mask = y == label
-                rows.append(rate_row("robust_accuracy", int(robust[mask].sum()), int(mask.sum()), subset=f"class={class_name}", **where))
+            rows += [mean_row("perturbation_linf", linf, **where), mean_row("perturbation_l2", l2, **where)]
             per_sample[f"robust_correct@eps={eps:g}"] = robust
-            x_adv_gallery.append(x_adv[gallery])
-            pred_adv_gallery.append(adv_pred[gallery])
-            conf_adv_gallery.append(_softmax(adv_logits[gallery]).max(axis=1))
-        artifacts.update(
-            x_adv=np.stack(x_adv_gallery), pred_adv=np.stack(pred_adv_gallery), conf_adv=np.stack(conf_adv_gallery)
-        )
+            x_advs.append(x_adv[gallery])
+            adv_logits_all.append(adv_logits[gallery])
+        artifacts = _gallery_artifacts(x, y, clean_logits, gallery, self.values["eps"], x_advs, adv_logits_all)
         return AttackOutput(rows, per_sample, artifacts)
+
+
+class MinimizationAttack(Attack):
+    """An attack that finds, per sample, the smallest perturbation that flips the prediction.
+
+    One run gives the whole robust-accuracy-vs-eps curve: a sample is robust at eps when it is
+    classified correctly and the attack found no flip of size <= eps (as in Foolbox 3).
+    """
+
+    category = "integrity"
+    params = (
+        Param("eps", OneOrMany(Number(0, None, closed="neither")), [0.25, 0.5, 1.0, 2.0], "budgets to read robust accuracy off at"),
+        Param("batch_size", Number(1, 100_000, integer=True), 128, "samples per attack batch"),
+    )
+
+    @property
+    def norm(self) -> str:
+        return "2"
+
+    @abstractmethod
+    def minimize(self, target: "Target", x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Adversarial candidates with no size bound; failures may be returned unchanged."""
+
+    def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
+        batch = self.values["batch_size"]
+        clean_logits = _finite(target.logits(x, batch), "clean")
+        clean_correct = clean_logits.argmax(axis=1) == y
+        low, high = target.clip_values
+        x_adv = np.clip(self.minimize(target, x, y), low, high).astype(np.float32, copy=False)
+        adv_logits = _finite(target.logits(x_adv, batch), "adversarial")
+        flipped = clean_correct & (adv_logits.argmax(axis=1) != y)
+        linf, l2 = _norms(x_adv - x)
+        size = l2 if self.norm == "2" else linf
+        minimal = np.where(flipped, size, np.inf)
+        minimal[~clean_correct] = 0.0
+        per_sample: dict[str, np.ndarray] = {"clean_correct": clean_correct, "min_perturbation": minimal}
+        rows: list[dict[str, Any]] = [
+            rate_row("success_rate_unbounded", int(flipped.sum()), int(clean_correct.sum())),
+            mean_row(f"min_perturbation_l{self.norm}", size[flipped]),
+        ]
+        if flipped.any():
+            rows.append({"metric": f"median_min_perturbation_l{self.norm}", "value": float(np.median(size[flipped])), "n": int(flipped.sum())})
+        for eps in self.values["eps"]:
+            robust = clean_correct & (minimal > eps)
+            rows += _rate_rows(y, clean_correct, robust, eps, context.class_names)
+            per_sample[f"robust_correct@eps={eps:g}"] = robust
+        gallery = np.flatnonzero(clean_correct)[:GALLERY_SIZE]
+        artifacts = _gallery_artifacts(x, y, clean_logits, gallery, [np.nan], [x_adv[gallery]], [adv_logits[gallery]])
+        return AttackOutput(rows, per_sample, artifacts)
+
+
+ENSEMBLE = {"inf": "ensemble", "2": "ensemble-l2"}
+
+
+def ensemble_rows(
+    outputs: dict[str, tuple[str, AttackOutput]], y: np.ndarray, class_names: list[str]
+) -> list[dict[str, Any]]:
+    """Per-sample worst case over every integrity attack at each (norm, eps): robust only if no attack flipped it.
+
+    `outputs` maps attack id to (norm, output); the rows carry the ensemble's attack id and name its members.
+    """
+    groups: dict[tuple[str, float], dict[str, np.ndarray]] = {}
+    clean_correct = None
+    for attack_id, (norm, output) in outputs.items():
+        clean_correct = output.per_sample["clean_correct"] if clean_correct is None else clean_correct
+        for key, robust in output.per_sample.items():
+            if key.startswith("robust_correct@eps="):
+                groups.setdefault((norm, float(key.split("=", 1)[1])), {})[attack_id] = robust
+    rows: list[dict[str, Any]] = []
+    for (norm, eps), members in sorted(groups.items()):
+        worst = np.logical_and.reduce(list(members.values()))
+        note = "worst case per sample over " + ", ".join(sorted(members))
+        rows += [{**row, "attack": ENSEMBLE[norm], "message": note} for row in _rate_rows(y, clean_correct, worst, eps, class_names)]
+    return rows

@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--baseline", help='for regression gates: a results.json, a run folder, a run id, or "last-pass"')
     run.add_argument("--no-history", action="store_true", help="do not record this run in the history database")
     run.add_argument("--force", action="store_true", help="overwrite an output folder that holds another run")
+    run.add_argument("--lang", choices=("en", "ja"), default="en", help="language of the report")
+
+    report = commands.add_parser("report", help="re-render the report of a finished run, without re-running anything")
+    report.add_argument("run_dir", help="folder holding results.json")
+    report.add_argument("--lang", choices=("en", "ja"), default="en")
 
     gate = commands.add_parser("gate", help="re-evaluate gates on a finished run (exit 0 pass, 1 fail, 3 inconclusive)")
     gate.add_argument("run_dir", help="folder holding results.json")
@@ -81,20 +86,30 @@ def _verdict_exit(result: "AuditResult") -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from audit.runner import run_audit
+    from reports.html import report_name
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = run_audit(
         args.config, out_dir=out, seed=args.seed, quiet=args.quiet, baseline=args.baseline,
-        history=False if args.no_history else None, force=args.force,
+        history=False if args.no_history else None, force=args.force, lang=args.lang,
     )
     errors = result.errors
     cells = len(result.metadata["cells"])
-    print(f"report:  {out / 'report.html'}")
+    print(f"report:  {out / report_name(args.lang)}")
     print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
     if len(errors):
         failed = ", ".join(sorted({f"{r.model}/{r.attack}" for r in errors.itertuples()}))
         print(f"kansa: {len(errors)} of {cells} attack cells failed ({failed}); their rows have status=error", file=sys.stderr)
     return _verdict_exit(result)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from audit.results import load_run
+    from reports.html import write_html
+
+    result = load_run(args.run_dir)
+    print(f"report:  {write_html(result, Path(args.run_dir), args.lang)}")
+    return EXIT_OK
 
 
 def _gate(args: argparse.Namespace) -> int:
@@ -168,7 +183,7 @@ def _one_line(message: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 
-COMMANDS = {"run": _run, "gate": _gate, "history": _history, "init": _init, "validate": _validate, "list": _list}
+COMMANDS = {"run": _run, "report": _report, "gate": _gate, "history": _history, "init": _init, "validate": _validate, "list": _list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,9 @@ from typing import Any
 from audit.data import validate_data_config
 from audit.errors import ConfigError
 from audit.models import validate_model_config
+from audit.checks import CHECKS_PARAMS, WAIVER_PARAMS, validate_waivers
 from audit.gates import validate_gates_config
-from audit.params import Flag, Location, Number, Param, ParamSet, Text, validate_tagged
+from audit.params import Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, optional_tables, validate_tagged
 
 TOP_PARAMS = (
     Param("title", Text(), "Kansa audit", "report title"),
@@ -24,12 +25,32 @@ TOP_PARAMS = (
 )
 EVALUATION_PARAMS = (
     Param("samples", Number(1, None, integer=True), None, "attack at most this many test samples (default: the whole test split)"),
+    Param("repeats", Number(1, 100, integer=True), 1, "re-run randomised attacks with other seeds; results carry the mean and std"),
 )
 HISTORY_PARAMS = (
     Param("enabled", Flag(), True, "record every run in the history database"),
     Param("path", Text(), None, "SQLite file, relative to this config (default: .kansa/history.sqlite in the working directory, or $KANSA_HISTORY)"),
 )
-TABLES = ("data", "models", "evaluation", "attacks", "gates", "history")
+CHARACTERISTICS = ("A-1", "A-2", "B-1", "B-2", "B-3", "C-1", "C-2", "D-1", "E-1", "S")
+COMPONENT_PARAMS = (
+    Param("name", Text(), "unnamed ML component", "the ML component under audit"),
+    Param("intended_use", Text(), None, "what the component is for, and where it must not be used"),
+    Param("guideline_edition", Text(), "not declared", "edition of AIST's Machine Learning Quality Management Guideline followed"),
+    Param("aisl", Choice(("AISL 0", "AISL 0.1", "AISL 0.2", "AISL 1", "AISL 2", "AISL 3", "AISL 4")), None, "declared risk-avoidance level"),
+    Param("aipl", Choice(("AIPL 0", "AIPL 1", "AIPL 2")), None, "declared AI-performance level"),
+    Param("aifl", Choice(("AIFL 0", "AIFL 1", "AIFL 2")), None, "declared fairness level"),
+    Param("risk_factors", ListOf(Text()), None, "hazards the component's errors could cause"),
+    Param("attributes", ListOf(Text()), None, "distinguished problem cases (attributes of inputs) the data must cover"),
+    Param("threat_model", Text(), None, "who may attack the component, with what access; shown in the security section"),
+)
+ATTESTATION_PARAMS = (
+    Param("characteristic", Choice(CHARACTERISTICS), doc="the quality characteristic it evidences (S: security and privacy)"),
+    Param("statement", Text(), doc="what was done or checked, that no tool can measure"),
+    Param("owner", Text(), doc="who attests it"),
+    Param("date", Text(), None, "when"),
+    Param("evidence", Text(), None, "where the evidence lives (a document, a ticket)"),
+)
+TABLES = ("data", "models", "evaluation", "attacks", "gates", "history", "checks", "waivers", "component", "attestations")
 
 
 @dataclass
@@ -43,6 +64,10 @@ class Config:
     attacks: list[dict[str, Any]]
     gates: list[dict[str, Any]]
     history: dict[str, Any]
+    checks: dict[str, Any]
+    waivers: list[dict[str, Any]]
+    component: dict[str, Any]
+    attestations: list[dict[str, Any]]
     text: str
 
     @property
@@ -58,6 +83,10 @@ class Config:
             "evaluation": self.evaluation,
             "attacks": self.attacks,
             "gates": self.gates,
+            "checks": self.checks,
+            "waivers": self.waivers,
+            "component": self.component,
+            "attestations": self.attestations,
         }
 
     def digest(self) -> str:
@@ -116,6 +145,7 @@ def _unique(items: list[dict[str, Any]], key: str, where: Location, table: str) 
 
 def validate_attack_config(table: Any, where: Location) -> dict[str, Any]:
     from attacks import registry
+    from attacks.base import ENSEMBLE
 
     attacks = registry()
     values = validate_tagged(
@@ -123,6 +153,8 @@ def validate_attack_config(table: Any, where: Location) -> dict[str, Any]:
         (Param("id", Text(), None, "label in results (default: the name); needed when one attack appears twice"),),
     )
     name, attack_id = values.pop("name"), values.pop("id")
+    if (attack_id or name) in ENSEMBLE.values():
+        raise where.child("id").error(f'"{attack_id or name}" is reserved for the per-sample worst case over all attacks')
     return {"name": name, "id": attack_id or name, "params": values}
 
 
@@ -143,6 +175,13 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
     _unique(attacks, "id", where, "attacks")
     gates = validate_gates_config(raw.get("gates"), where.child("gates"))
     history = ParamSet(HISTORY_PARAMS).validate(raw.get("history", {}), where.child("history"))
+    checks = ParamSet(CHECKS_PARAMS).validate(raw.get("checks", {}), where.child("checks"))
+    waivers = validate_waivers(raw.get("waivers"), where.child("waivers"))
+    component = ParamSet(COMPONENT_PARAMS).validate(raw.get("component", {}), where.child("component"))
+    attestations = [
+        ParamSet(ATTESTATION_PARAMS).validate(t, where.child("attestations").child(i))
+        for i, t in enumerate(optional_tables(raw.get("attestations"), where.child("attestations")))
+    ]
     return Config(
         path=path.resolve(),
         title=top["title"],
@@ -153,6 +192,10 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
         attacks=attacks,
         gates=gates,
         history=history,
+        checks=checks,
+        waivers=waivers,
+        component=component,
+        attestations=attestations,
         text=text,
     )
 
@@ -174,7 +217,9 @@ def schema_markdown() -> str:
             lines.append(f"| `{p['name']}` | {accepts} | {p['default']} | {p['doc']} |")
         return lines + [""]
 
-    out = ["### Top level", "", *table(TOP_PARAMS), "### `[data]`", "",
+    out = ["### Top level", "", *table(TOP_PARAMS), "### `[component]`", "",
+           "Declarations for the guideline-style report.", "", *table(COMPONENT_PARAMS),
+           "### `[[attestations]]`", "", "What no tool can measure, attested by a named owner.", "", *table(ATTESTATION_PARAMS), "### `[data]`", "",
            "`source` (required) is one of " + ", ".join(f"`{k}`" for k in SOURCE_PARAMS) + ". Keys for every source:", "", *table(DATA_COMMON)]
     for source, params in SOURCE_PARAMS.items():
         out += [f'#### `source = "{source}"`', "", *table(params)]
@@ -184,7 +229,9 @@ def schema_markdown() -> str:
         out += [f'#### `kind = "{kind}"`', "", *table(params)]
     out += ["### `[evaluation]`", "", *table(EVALUATION_PARAMS)]
     out += ["### `[[gates]]`", "", "Presets: " + ", ".join(f"`{k}` ({', '.join(f'{a} = {b}' for a, b in v.items())})" for k, v in PRESETS.items()) + ".", "",
-            *table(GATE_PARAMS), "### `[history]`", "", *table(HISTORY_PARAMS)]
+            *table(GATE_PARAMS), "### `[history]`", "", *table(HISTORY_PARAMS),
+            "### `[checks]`", "", "Evaluation sanity checks; see docs/checks.md.", "", *table(CHECKS_PARAMS),
+            "### `[[waivers]]`", "", *table(WAIVER_PARAMS)]
     out += ["### `[[attacks]]`", "",
             "Every attack takes `name` (required) and `id` (its label in results; default: the name).", ""]
     for name, cls in registry().items():

@@ -14,7 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from audit.params import REQUIRED, Choice, Flag, Location, Number, Param, ParamSet, Text
+from attacks.base import ENSEMBLE
+from audit.checks import masking_flags
+from audit.params import REQUIRED, Choice, Flag, Location, Number, Param, ParamSet, Text, optional_tables
 from audit.stats import Z95
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
@@ -40,7 +42,7 @@ GATE_PARAMS = (
     Param("metric", Text(), REQUIRED, "metric name in the results table, e.g. robust_accuracy"),
     Param("model", Text(), "*", "model name, or * for every model"),
     Param("defense", Text(), "*", "defense, or * for every variant"),
-    Param("attack", Text(), "*", "attack id, or * for every attack"),
+    Param("attack", Text(), None, 'attack id, or * for every attack (default: "ensemble", the per-sample worst case, for robust_accuracy; else *)'),
     Param("at", Number(), None, "value of the swept parameter (eps, fpr); default: every value"),
     Param("subset", Text(), "all", "subset of the rows: all, class=..., split=test"),
     Param("op", Choice(tuple(OPERATORS)), ">=", "threshold gates: the metric must be <op> threshold"),
@@ -83,14 +85,8 @@ class Gate:
 
 
 def validate_gates_config(tables: Any, where: Location) -> list[dict[str, Any]]:
-    if tables is None:
-        return []
-    if isinstance(tables, dict):
-        tables = [tables]
-    if not isinstance(tables, list):
-        raise where.error(f"expected one or more [[gates]] tables, got {tables!r}")
     gates: list[dict[str, Any]] = []
-    for i, table in enumerate(tables):
+    for i, table in enumerate(optional_tables(tables, where)):
         here = where.child(i)
         preset = table.get("preset") if isinstance(table, dict) else None
         merged = {**PRESETS.get(preset, {}), **table} if isinstance(table, dict) else table
@@ -102,6 +98,8 @@ def validate_gates_config(tables: Any, where: Location) -> list[dict[str, Any]]:
                 f'metric "{values["metric"]}" has no known direction; set direction = "higher_is_better" or "lower_is_better"'
             )
         values["id"] = values["id"] or f"{preset or values['metric']}-{i + 1}"
+        if values["attack"] is None:
+            values["attack"] = "ensemble" if values["metric"] == "robust_accuracy" else "*"
         values.pop("preset")
         gates.append(values)
     ids = [g["id"] for g in gates]
@@ -135,7 +133,9 @@ def _errored_cells(table: pd.DataFrame, gate: Gate) -> pd.DataFrame:
     errors = table[table["status"] == "error"]
     for column in ("model", "defense", "attack"):
         wanted = getattr(gate, column)
-        if wanted != "*":
+        if column == "attack" and wanted in ENSEMBLE.values():
+            errors = errors[errors["category"] == "integrity"]  # the worst case over all attacks misses the failed one
+        elif wanted != "*":
             errors = errors[errors[column] == wanted]
     produced_by = set(table[(table["metric"] == gate.metric) & (table["status"] == "ok")]["category"])
     return errors[errors["category"].isin(produced_by)] if produced_by else errors
@@ -189,7 +189,8 @@ def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: p
     out: list[dict[str, Any]] = []
     for spec in gates:
         gate = Gate(**spec)
-        common = {"gate": gate.id, "rule": gate.describe(), "characteristic": gate.characteristic or "", "level": gate.level or ""}
+        common = {"gate": gate.id, "kind": gate.kind, "metric": gate.metric, "rule": gate.describe(),
+                  "characteristic": gate.characteristic or "", "level": gate.level or ""}
         errors = _errored_cells(table, gate)
         for _, err in errors.iterrows():
             out.append({**common, "model": err["model"], "defense": err["defense"], "attack": err["attack"],
@@ -200,7 +201,14 @@ def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: p
         for _, row in rows.iterrows():
             where = {c: row[c] for c in ("model", "defense", "attack", "param_value", "subset")}
             measured = {"value": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"], "n": int(row["n"])}
-            if math.isnan(row["value"]):
+            flags = masking_flags(table, row["model"]) if row["category"] == "integrity" else pd.DataFrame()
+            if not flags.empty:
+                first = flags.iloc[0]
+                verdict, reason = INCONCLUSIVE, (
+                    f"sanity check {first['metric']} flagged on {row['model']} ({first['message']}); "
+                    "its robustness numbers may reflect masked gradients (waive with [[waivers]] and a reason)"
+                )
+            elif math.isnan(row["value"]):
                 verdict, reason = INCONCLUSIVE, f"{gate.metric} has no value"
             elif not math.isnan(row["ci_low"]) and row["n"] < gate.min_n:
                 verdict, reason = INCONCLUSIVE, f"{gate.metric} rests on n = {int(row['n'])} < min_n = {gate.min_n}"
@@ -215,7 +223,7 @@ def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: p
                 measured["baseline"] = base["value"]
                 verdict, reason = _check_regression(gate, row, base)
             out.append({**common, **where, **measured, "verdict": verdict, "reason": reason})
-    columns = ["gate", "rule", "model", "defense", "attack", "param_value", "subset", "value", "ci_low", "ci_high", "n",
+    columns = ["gate", "kind", "metric", "rule", "model", "defense", "attack", "param_value", "subset", "value", "ci_low", "ci_high", "n",
                "baseline", "verdict", "reason", "characteristic", "level"]
     return pd.DataFrame(out, columns=columns)
 

@@ -61,6 +61,10 @@ class History:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=30)
             connection.executescript(_SCHEMA)
+            present = {row[1] for row in connection.execute("PRAGMA table_info(metrics)")}
+            for column in COLUMNS:  # databases written before a column was added
+                if column not in present:
+                    connection.execute(f"ALTER TABLE metrics ADD COLUMN {column}")
         except (OSError, sqlite3.DatabaseError) as exc:
             raise KansaError(f"history database {self.path}: {exc}") from None
         return connection
@@ -77,7 +81,7 @@ class History:
         with closing(self._connect()) as connection, connection:
             connection.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(run))})", run)
             connection.executemany(
-                f"INSERT INTO metrics VALUES (?, {', '.join('?' * len(COLUMNS))})",
+                f"INSERT INTO metrics (run_id, {', '.join(COLUMNS)}) VALUES (?, {', '.join('?' * len(COLUMNS))})",
                 [(meta["run_id"], *row) for row in table.itertuples(index=False)],
             )
 

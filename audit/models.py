@@ -273,19 +273,24 @@ def detect_output(module: "torch.nn.Module", sample: np.ndarray, n_classes: int,
     return declared
 
 
-def _log_probabilities(module: "torch.nn.Module") -> "torch.nn.Module":
-    """Map probabilities to log-probabilities, which every loss and attack then treats as logits."""
+def _logits_view(module: "torch.nn.Module", log_of_probabilities: bool) -> "torch.nn.Module":
+    """The model as attacks need it: float32 inputs (ART hands float64 under numpy 2) and logit-like outputs.
+
+    Log-probabilities behave as logits for every loss and attack, so a probability model is wrapped in log.
+    """
     import torch
 
-    class LogOf(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module, log_of_probabilities: bool) -> None:
             super().__init__()
             self.inner = inner
+            self.log_of_probabilities = log_of_probabilities
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.log(self.inner(x).clamp_min(1e-12))
+            out = self.inner(x.to(torch.float32))
+            return torch.log(out.clamp_min(1e-12)) if self.log_of_probabilities else out
 
-    return LogOf(module).eval()
+    return Logits(module, log_of_probabilities).eval()
 
 
 @dataclass
@@ -350,14 +355,34 @@ def count_parameters(module: "torch.nn.Module") -> tuple[int, int]:
 
 
 def make_target(module: "torch.nn.Module", dataset: "Dataset", output_kind: str, name: str, defense: str = "none") -> Target:
-    logits_module = _log_probabilities(module) if output_kind == "probabilities" else module.eval()
     return Target(
         name=name,
         defense=defense,
-        module=logits_module,
+        module=_logits_view(module.eval(), output_kind == "probabilities"),
         input_shape=dataset.input_shape,
         n_classes=dataset.n_classes,
         clip_values=dataset.input_range,
         output_kind=output_kind,
         digest=module_digest(module),
+    )
+
+
+def expectation(target: Target, samples: int) -> Target:
+    """Expectation over transformation: average a randomised model's logits over `samples` passes.
+
+    Attacks then follow the expected gradient instead of one random draw (Athalye et al. 2018).
+    """
+    import torch
+
+    class Expectation(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([self.inner(x) for _ in range(samples)]).mean(0)
+
+    return Target(
+        name=target.name, defense=target.defense, module=Expectation(target.module).eval(), input_shape=target.input_shape,
+        n_classes=target.n_classes, clip_values=target.clip_values, output_kind=target.output_kind, digest=target.digest,
     )

@@ -296,6 +296,18 @@ class ParamSet:
         return out
 
 
+def optional_tables(value: Any, where: Location) -> list[Any]:
+    """An optional `[[name]]` array of tables (a single table is accepted as a list of one)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    if not isinstance(value, list):
+        name = where.path.rsplit(".", 1)[-1]
+        raise where.error(f"expected one or more [[{name}]] tables, got {_show(value)}")
+    return value
+
+
 def describe_params(params: Sequence[Param]) -> list[dict[str, str]]:
     """Rows for `kansa list` and the schema docs."""
     return [

@@ -31,6 +31,7 @@ COLUMNS = [
     "ci_low",
     "ci_high",
     "n",
+    "std",
     "status",
     "message",
 ]
@@ -76,6 +77,7 @@ def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
         "ci_low": math.nan,
         "ci_high": math.nan,
         "n": 0,
+        "std": math.nan,
         "status": "ok",
         "message": "",
     }
@@ -83,7 +85,7 @@ def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"result rows carry unknown columns: {sorted(unknown)}")
     table = pd.DataFrame([{**defaults, **row} for row in rows], columns=COLUMNS)
-    for column in ("value", "ci_low", "ci_high", "param_value"):
+    for column in ("value", "ci_low", "ci_high", "param_value", "std"):
         table[column] = table[column].astype("float64")
     table["n"] = table["n"].astype("int64")
     return table
@@ -129,5 +131,31 @@ def load_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not isinstance(document, dict) or document.get("schema") != SCHEMA_VERSION:
         found = document.get("schema") if isinstance(document, dict) else None
         raise KansaError(f"{path}: expected a Kansa results file with schema {SCHEMA_VERSION}, found {found!r}")
-    rows = [{k: (math.nan if v is None and k in ("value", "ci_low", "ci_high", "param_value") else v) for k, v in r.items()} for r in document["results"]]
+    rows = [{k: (math.nan if v is None and k in ("value", "ci_low", "ci_high", "param_value", "std") else v) for k, v in r.items()} for r in document["results"]]
     return make_table(rows), document["metadata"]
+
+
+def load_run(run_dir: str | Path) -> AuditResult:
+    """A finished run folder back as an AuditResult: table, metadata, verdicts and artifacts, to re-render it."""
+    import json
+
+    from audit.errors import KansaError
+
+    run_dir = Path(run_dir)
+    table, metadata = load_results(run_dir)
+    gates = pd.DataFrame()
+    gates_path = run_dir / "gates.json"
+    if gates_path.is_file():
+        try:
+            checks = json.loads(gates_path.read_text(encoding="utf-8"))["checks"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise KansaError(f"{gates_path}: not a readable gates file ({exc})") from None
+        gates = pd.DataFrame(checks)
+        for column in ("value", "ci_low", "ci_high", "param_value", "baseline"):
+            if column in gates:
+                gates[column] = pd.to_numeric(gates[column]).astype("float64")
+    artifacts = {}
+    for path in sorted((run_dir / "artifacts").glob("*.npz")):
+        with np.load(path, allow_pickle=False) as archive:
+            artifacts[path.stem] = {key: archive[key] for key in archive.files}
+    return AuditResult(table=table, metadata=metadata, out_dir=run_dir, artifacts=artifacts, gates=gates)

@@ -19,8 +19,12 @@ import numpy as np
 from audit.config import Config, load_config
 from audit.errors import KansaError, describe_exception
 from audit.data import Dataset, Splits, load_dataset, quality_rows, split_dataset
+import pandas as pd
+from audit.checks import RANDOMIZED, apply_waivers, flag, probe_convergence, probe_gradients, probe_large_eps, probe_noise, probe_randomness, table_checks
 from audit.models import (
     Target,
+    expectation,
+    validate_model_config,
     build_builtin,
     count_parameters,
     detect_output,
@@ -120,10 +124,14 @@ def _prepare_model(
     return make_target(module, dataset, output_kind, name), cost
 
 
-def _trainer_for(cfg: dict[str, Any], dataset: Dataset) -> Callable[[np.ndarray, np.ndarray, int], Target] | None:
-    """Train models like the target (shadow / reference models); only built-in models have a recipe."""
+def trainer_for(cfg: dict[str, Any], dataset: Dataset) -> Callable[[np.ndarray, np.ndarray, int], Target]:
+    """Train models like the target (shadow, reference and surrogate models).
+
+    A built-in model is retrained with its own recipe; a loaded model, whose recipe Kansa cannot
+    know, is approximated by the built-in architecture and recipe for the data.
+    """
     if cfg["kind"] != "builtin":
-        return None
+        cfg = {**validate_model_config({"kind": "builtin"}, Location("(surrogate)")), "name": cfg["name"]}
 
     def train_like_target(x: np.ndarray, y: np.ndarray, seed: int) -> Target:
         import torch
@@ -136,8 +144,125 @@ def _trainer_for(cfg: dict[str, Any], dataset: Dataset) -> Callable[[np.ndarray,
     return train_like_target
 
 
+class _ModelAudit:
+    """Every attack cell of one model, the per-sample ensemble over them, and the sanity checks."""
+
+    def __init__(self, config: Config, target: Target, trainer: Callable[..., Target], dataset: Dataset, splits: Splits,
+                 x: np.ndarray, y: np.ndarray, progress: Progress) -> None:
+        self.config, self.target, self.trainer = config, target, trainer
+        self.dataset, self.splits, self.x, self.y, self.progress = dataset, splits, x, y, progress
+        self.where = {"model": target.name, "defense": target.defense}
+
+    def run(self, cells: list[dict[str, Any]], artifacts: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        from attacks import registry
+
+        checks_on = self.config.checks["enabled"]
+        sanity = self._probe_model() if checks_on else []
+        rows: list[dict[str, Any]] = []
+        integrity: dict[str, Any] = {}
+        outputs = {}
+        for attack_cfg in self.config.attacks:
+            attack = registry()[attack_cfg["name"]](**attack_cfg["params"])
+            cell_rows, output = self._cell(attack, attack_cfg["id"], cells, artifacts)
+            rows += cell_rows
+            if output is not None and attack.category == "integrity":
+                integrity[attack_cfg["id"]] = attack
+                outputs[attack_cfg["id"]] = (attack.norm, output)
+        if outputs:
+            from attacks.base import ensemble_rows
+
+            rows += [{**row, "category": "integrity"} for row in ensemble_rows(outputs, self.y, self.dataset.class_names)]
+            if checks_on:
+                sanity += self._probe_results(make_table([{**r, **self.where} for r in rows]), integrity)
+        if not integrity:
+            sanity = []  # the checks judge robustness numbers; without any there is nothing to judge
+        sanity = apply_waivers(sanity, self.target.name, self.config.waivers)
+        return [{**row, **self.where} for row in rows + sanity]
+
+    def _probe_model(self) -> list[dict[str, Any]]:
+        seed_everything(derive_seed(self.config.seed, "checks", self.target.name))
+        if probe_randomness(self.target, self.x):
+            samples = self.config.checks["eot_samples"]
+            self.target = expectation(self.target, samples)
+            note = flag(RANDOMIZED, True, f"identical calls gave different outputs; every attack used the expectation over {samples} passes")
+        else:
+            note = flag(RANDOMIZED, False, "identical calls gave identical outputs")
+        return [note, probe_gradients(self.target, self.x, self.y)]
+
+    def _probe_results(self, table: pd.DataFrame, attacks: dict[str, Any]) -> list[dict[str, Any]]:
+        self.progress.say(f"sanity checks on {self.target.name}")
+        seed = derive_seed(self.config.seed, "checks", self.target.name, "results")
+        seed_everything(seed)
+        return [
+            *table_checks(table, attacks),
+            *probe_noise(self.target, self.x, self.y, table, attacks, seed),
+            probe_large_eps(self.target, self.x, self.y, self.dataset.n_classes),
+            *probe_convergence(self.target, self.x, self.y, table, attacks),
+        ]
+
+    def _cell(self, attack: Any, attack_id: str, cells: list[dict[str, Any]],
+              artifacts: dict[str, dict[str, np.ndarray]]) -> tuple[list[dict[str, Any]], Any]:
+        """One attack on this model, repeated with other seeds when it is randomised; errors become a row."""
+        from attacks.base import AttackContext
+
+        name, defense = self.target.name, self.target.defense
+        where = {"attack": attack_id, "category": attack.category}
+        cell_seed = derive_seed(self.config.seed, "attack", name, defense, attack_id)
+        repeats = self.config.evaluation["repeats"] if attack.randomized else 1
+        self.progress.say(f"attacking {name} with {attack_id} on {len(self.y)} samples" + (f" ({repeats} repeats)" if repeats > 1 else ""))
+        start = time.perf_counter()
+        runs = []
+        try:
+            for repeat in range(repeats):
+                seed = cell_seed if repeat == 0 else derive_seed(cell_seed, f"repeat{repeat}")
+                seed_everything(seed)
+                context = AttackContext(seed, self.dataset.class_names, self.dataset, self.splits, self.trainer)
+                runs.append(attack.run(self.target, self.x, self.y, context))
+        except Exception as exc:  # one failing attack must not lose the rest of the audit
+            message = describe_exception(exc, limit=500)
+            cells.append({**self.where, "attack": attack_id, "seed": cell_seed, "seconds": time.perf_counter() - start, "status": "error", "message": message})
+            self.progress.say(f"attack {attack_id} on {name} failed: {message}")
+            return [error_row(message, **where)], None
+        seconds = time.perf_counter() - start
+        output = runs[0]
+        metric_rows = output.rows if repeats == 1 else mean_over_repeats([run.rows for run in runs])
+        key = f"{len(artifacts):02d}-{_slug(name)}-{_slug(defense)}-{_slug(attack_id)}"
+        artifacts[key] = {**output.artifacts, **{f"sample/{k}": v for k, v in output.per_sample.items()}}
+        cells.append({**self.where, "attack": attack_id, "seed": cell_seed, "repeats": repeats, "seconds": seconds,
+                      "status": "ok", "artifact": f"artifacts/{key}.npz"})
+        cost = count_row("attack_seconds", seconds, category="cost", attack=attack_id)
+        return [{**row, **where} for row in metric_rows] + [cost], output
+
+
+def mean_over_repeats(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of several seeds of one attack: the mean value and interval, and the standard deviation across seeds."""
+    merged = []
+    for versions in zip(*repeats, strict=True):
+        values = np.array([v.get("value", np.nan) for v in versions], dtype=np.float64)
+        merged.append({
+            **versions[0],
+            "value": float(values.mean()),
+            "ci_low": float(np.mean([v.get("ci_low", np.nan) for v in versions])),
+            "ci_high": float(np.mean([v.get("ci_high", np.nan) for v in versions])),
+            "std": float(values.std(ddof=1)),
+        })
+    return merged
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40] or "x"
+
+
+def _seed_manifest(config: Config) -> dict[str, Any]:
+    """Every derived seed, so a reader can re-create any part of the run (cells carry their own)."""
+    return {
+        "seed": config.seed,
+        "sample": derive_seed(config.seed, "sample"),
+        "split": derive_seed(config.seed, "split"),
+        "evaluation": derive_seed(config.seed, "evaluation"),
+        "models": {m["name"]: {"init": derive_seed(config.seed, "init", m["name"]), "train": derive_seed(config.seed, "train", m["name"])}
+                   for m in config.models},
+    }
 
 
 def _check_out_dir(out_dir: Path, config_digest: str, force: bool) -> None:
@@ -166,6 +291,7 @@ def run_audit(
     baseline: str | None = None,
     history: bool | None = None,
     force: bool = False,
+    lang: str = "en",
 ) -> AuditResult:
     """Run the whole audit and evaluate its gates.
 
@@ -173,9 +299,6 @@ def run_audit(
     run id or "last-pass") feeds regression gates; `history` (default: the config's
     [history] enabled) records the run in the history database.
     """
-    from attacks import registry
-    from attacks.base import AttackContext
-
     started = time.perf_counter()
     if not isinstance(config, Config):
         config = load_config(config, seed=seed)
@@ -199,7 +322,6 @@ def run_audit(
     if limit is not None and limit < len(eval_idx):
         eval_idx = np.sort(np.random.default_rng(derive_seed(config.seed, "evaluation")).choice(eval_idx, limit, replace=False))
     x_eval, y_eval = dataset.x[eval_idx], dataset.y[eval_idx]
-    attack_classes = registry()
     models_meta: list[dict[str, Any]] = []
     cells: list[dict[str, Any]] = []
     artifacts: dict[str, dict[str, np.ndarray]] = {}
@@ -209,32 +331,10 @@ def run_audit(
         target, cost_rows = _prepare_model(model_cfg, dataset, splits, config, progress)
         rows += [{**row, "model": name} for row in cost_rows + _performance_rows(target, dataset, splits)]
         models_meta.append({"name": name, "kind": model_cfg["kind"], "output": target.output_kind, "sha256": target.digest})
-        prepared.append((name, target, _trainer_for(model_cfg, dataset)))
-    for name, target, trainer in prepared:
-        for attack_cfg in config.attacks:
-            attack_id = attack_cfg["id"]
-            where = {"model": name, "defense": target.defense, "attack": attack_id}
-            progress.say(f"attacking {name} with {attack_id} on {len(y_eval)} samples")
-            cell_seed = derive_seed(config.seed, "attack", name, target.defense, attack_id)
-            seed_everything(cell_seed)
-            cell_start = time.perf_counter()
-            attack_class = attack_classes[attack_cfg["name"]]
-            try:
-                output = attack_class(**attack_cfg["params"]).run(
-                    target, x_eval, y_eval, AttackContext(cell_seed, dataset.class_names, dataset, splits, trainer)
-                )
-            except Exception as exc:  # one failing attack must not lose the rest of the audit
-                message = describe_exception(exc, limit=500)
-                rows.append(error_row(message, category=attack_class.category, **where))
-                cells.append({**where, "seconds": time.perf_counter() - cell_start, "status": "error", "message": message})
-                progress.say(f"attack {attack_id} on {name} failed: {message}")
-                continue
-            seconds = time.perf_counter() - cell_start
-            rows += [{"category": attack_class.category, **row, **where} for row in output.rows]
-            rows.append(count_row("attack_seconds", seconds, category="cost", **where))
-            key = f"{len(artifacts):02d}-{_slug(name)}-{_slug(target.defense)}-{_slug(attack_id)}"
-            artifacts[key] = {**output.artifacts, **{f"sample/{k}": v for k, v in output.per_sample.items()}}
-            cells.append({**where, "seconds": seconds, "status": "ok", "artifact": f"artifacts/{key}.npz"})
+        prepared.append((target, trainer_for(model_cfg, dataset)))
+    for target, trainer in prepared:
+        audit = _ModelAudit(config, target, trainer, dataset, splits, x_eval, y_eval, progress)
+        rows += audit.run(cells, artifacts)
     table = make_table(rows)
     metadata = {
         "schema": "kansa.results/1",
@@ -262,6 +362,8 @@ def run_audit(
         "versions": versions(),
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "python": sys.executable},
         "git": {"commit": git[0], "branch": git[1]},
+        "seeds": _seed_manifest(config),
+        "repeats": config.evaluation["repeats"],
         "baseline": baseline_label,
     }
     metadata["wall_seconds"] = time.perf_counter() - started
@@ -271,7 +373,7 @@ def run_audit(
         from reports import write_outputs
 
         result.out_dir = Path(out_dir)
-        write_outputs(result, result.out_dir)
+        write_outputs(result, result.out_dir, lang)
     if config.history["enabled"] if history is None else history:
         store.record(result, overall_verdict(result.gates), git)
     return result

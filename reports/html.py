@@ -1,7 +1,9 @@
-"""The HTML report: an ordered list of sections, each a builder (table -> context) and a template.
+"""The HTML report, shaped like an evidence document for AIST's ML Quality Management Guideline.
 
-Adding a section means one builder here and one template under templates/sections/; a builder
-returning None leaves its section out (e.g. the gallery for tabular data).
+The report is an ordered list of sections, each a builder (run -> context, or None to omit it)
+and a template under templates/sections/. Every characteristic section carries an evidence
+checklist (measured by Kansa / attested / missing) that also feeds the scorecard's traffic
+lights. Builders only read the results table, verdicts, metadata and saved artifacts.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from audit.files import write_text_atomic
-from audit.results import AuditResult
 from audit.gates import overall_verdict
+from audit.results import AuditResult
 from reports import figures
 from reports.junit import case_name
 from reports.queries import headline
+from reports.scorecard import CHARACTERISTICS, Run, build_run, gate_characteristic, traffic_light
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -31,14 +35,40 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def fmt_ci(row: pd.Series) -> str:
-    """An estimate with its interval, or a plain count; estimates always show the same precision."""
+    """An estimate with its interval (and the spread over repeats), or a plain count."""
     if math.isnan(row["ci_low"]):
         return fmt(row["value"])
-    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    text = f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    return text + (f" ± {row['std']:.3f}" if "std" in row and not math.isnan(row["std"]) else "")
 
 
-def _summary(result: AuditResult) -> dict[str, Any]:
-    table = result.table
+def _cover(run: Run) -> dict[str, Any]:
+    component = run.config("component")
+    t = run.t
+    levels = [(t(key), component.get(key) or t("not_declared")) for key in ("aisl", "aipl", "aifl")]
+    return {
+        "component": component.get("name", ""),
+        "intended_use": component.get("intended_use") or t("not_declared"),
+        "edition": component.get("guideline_edition", ""),
+        "levels": levels,
+    }
+
+
+def _scorecard(run: Run) -> dict[str, Any]:
+    lights = [{"id": c, "name": run.t(c), "light": traffic_light(run, c), "meaning": run.t(traffic_light(run, c))} for c in CHARACTERISTICS]
+    gates = [
+        {
+            "verdict": check["verdict"],
+            "verdict_text": run.t(check["verdict"]),
+            "gate": check["gate"],
+            "where": case_name(check),
+            "rule": check["rule"],
+            "reason": check["reason"],
+            "characteristic": gate_characteristic(check, run.table),
+        }
+        for _, check in run.result.gates.iterrows()
+    ]
+    verdict = overall_verdict(run.result.gates)
     models = [
         {
             "model": item["model"],
@@ -46,42 +76,48 @@ def _summary(result: AuditResult) -> dict[str, Any]:
             "worst": fmt_ci(item["worst"]) if item["worst"] is not None else "–",
             "worst_at": f"{item['worst']['attack']} eps={item['worst']['param_value']:g}" if item["worst"] is not None else "",
         }
-        for item in headline(table)
+        for item in headline(run.table)
     ]
-    gates = [
-        {
-            "verdict": check["verdict"],
-            "gate": check["gate"],
-            "where": case_name(check),
-            "rule": check["rule"],
-            "reason": check["reason"],
-            "characteristic": check["characteristic"],
-        }
-        for _, check in result.gates.iterrows()
-    ]
-    return {
-        "headline": models,
-        "verdict": overall_verdict(result.gates),
-        "gates": gates,
-        "baseline": result.metadata.get("baseline"),
-        "errors": int((table["status"] == "error").sum()),
-        "findings": int(((table["category"] == "data_quality") & (table["message"] != "")).sum()),
-    }
+    return {"lights": lights, "gates": gates, "verdict": verdict, "verdict_text": run.t(verdict) if verdict else "",
+            "baseline": run.meta.get("baseline"), "headline": models}
 
 
-def _data_quality(result: AuditResult) -> dict[str, Any]:
-    rows = result.table[result.table["category"] == "data_quality"]
-    return {
-        "rows": [
-            {"metric": r["metric"], "subset": r["subset"], "value": fmt_ci(r), "message": r["message"]}
-            for _, r in rows.iterrows()
-        ]
-    }
+def _characteristic(run: Run, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"checklist": run.evidence[key], "attestations": run.attestations(key), "light": traffic_light(run, key), **(body or {})}
 
 
-def _performance(result: AuditResult) -> dict[str, Any]:
-    table = result.table[result.table["category"] == "performance"]
-    classes = result.metadata["data"]["classes"]
+def _quality_rows(run: Run, metrics: tuple[str, ...]) -> list[dict[str, str]]:
+    rows = run.table[(run.table["category"] == "data_quality") & run.table["metric"].isin(metrics)]
+    return [{"metric": r["metric"], "subset": r["subset"], "value": fmt_ci(r), "message": r["message"]} for _, r in rows.iterrows()]
+
+
+def _a1(run: Run) -> dict[str, Any]:
+    return _characteristic(run, "A-1", {"risk_factors": run.config("component").get("risk_factors") or []})
+
+
+def _a2(run: Run) -> dict[str, Any]:
+    table = run.table
+    counts = table[(table["metric"] == "recall") & (table["category"] == "performance")]
+    per_class = [{"name": r["subset"].split("=", 1)[1], "n": int(r["n"])} for _, r in counts.drop_duplicates("subset").iterrows()]
+    return _characteristic(run, "A-2", {"attributes": run.config("component").get("attributes") or [], "per_class": per_class})
+
+
+def _b1(run: Run) -> dict[str, Any]:
+    return _characteristic(run, "B-1", {"rows": _quality_rows(run, ("samples", "classes", "features", "class_share"))})
+
+
+def _b2(run: Run) -> dict[str, Any]:
+    return _characteristic(run, "B-2", {"rows": _quality_rows(run, ("imbalance_ratio",))})
+
+
+def _b3(run: Run) -> dict[str, Any]:
+    metrics = ("duplicate_rows", "conflicting_labels", "nonfinite_rows_dropped", "values_outside_range", "duplicates_across_splits")
+    return _characteristic(run, "B-3", {"rows": _quality_rows(run, metrics)})
+
+
+def _c1(run: Run) -> dict[str, Any]:
+    table = run.table[run.table["category"] == "performance"]
+    classes = run.meta["data"]["classes"]
     models = []
     for model, rows in table.groupby("model", sort=False):
         accuracy = [{"split": r["subset"].split("=", 1)[1], "value": fmt_ci(r), "n": r["n"]} for _, r in rows[rows["metric"] == "accuracy"].iterrows()]
@@ -89,124 +125,192 @@ def _performance(result: AuditResult) -> dict[str, Any]:
         for name in classes:
             subset = rows[rows["subset"] == f"class={name}"].set_index("metric")
             per_class.append({"name": name, "precision": fmt_ci(subset.loc["precision"]), "recall": fmt_ci(subset.loc["recall"])})
-        confusion = rows[rows["metric"] == "confusion"]
-        counts = {r["subset"]: int(r["value"]) for _, r in confusion.iterrows()}
+        counts = {r["subset"]: int(r["value"]) for _, r in rows[rows["metric"] == "confusion"].iterrows()}
         peak = max(counts.values(), default=1) or 1
-        matrix = [
-            [{"count": counts[f"true={t};pred={p}"], "shade": round(counts[f"true={t};pred={p}"] / peak, 3)} for p in classes]
-            for t in classes
-        ]
+        matrix = [[{"count": counts[f"true={a};pred={b}"], "shade": round(counts[f"true={a};pred={b}"] / peak, 3)} for b in classes] for a in classes]
         models.append({"name": model, "accuracy": accuracy, "per_class": per_class, "classes": classes, "matrix": matrix})
-    return {"models": models}
+    return _characteristic(run, "C-1", {"models": models})
 
 
-def _robustness(result: AuditResult) -> dict[str, Any] | None:
-    table = result.table[(result.table["category"] == "integrity") & (result.table["status"] == "ok")]
-    if table.empty:
-        return None
-    models = []
-    for model, rows in table.groupby("model", sort=False):
-        overall = rows[rows["subset"] == "all"]
-        curve = figures.robustness_curve(overall[overall["metric"] == "robust_accuracy"], f"{model}: robust accuracy vs eps")
-        lines = []
-        for (attack, eps), cell in overall.groupby(["attack", "param_value"], sort=False):
-            by_metric = cell.set_index("metric")
-            lines.append(
-                {
-                    "attack": attack,
-                    "eps": f"{eps:g}",
-                    "clean": fmt_ci(by_metric.loc["clean_accuracy"]),
-                    "robust": fmt_ci(by_metric.loc["robust_accuracy"]),
-                    "success": fmt_ci(by_metric.loc["success_rate"]),
-                    "linf": fmt(by_metric.loc["perturbation_linf"]["value"], 4),
-                    "l2": fmt(by_metric.loc["perturbation_l2"]["value"], 4),
-                    "n": int(by_metric.loc["robust_accuracy"]["n"]),
-                }
-            )
-        per_class = rows[(rows["metric"] == "robust_accuracy") & (rows["subset"] != "all")]
-        pivot = per_class.assign(column=per_class["attack"] + " " + per_class["param_value"].map("{:g}".format)).pivot_table(
-            index="subset", columns="column", values="value", sort=False
-        )
-        class_table = {
-            "columns": list(pivot.columns),
-            "rows": [{"name": idx.split("=", 1)[1], "cells": [fmt(v) for v in pivot.loc[idx]]} for idx in pivot.index],
-        }
-        models.append({"name": model, "curve": curve, "lines": lines, "per_class": class_table})
-    return {"models": models}
-
-
-def _gallery(result: AuditResult) -> dict[str, Any] | None:
-    if not result.metadata["data"]["is_image"]:
-        return None
-    classes = result.metadata["data"]["classes"]
-    value_range = tuple(result.metadata["data"]["input_range"])
-    panels = []
-    for cell in result.metadata["cells"]:
-        if cell["status"] != "ok":
+def _robustness_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    overall = rows[rows["subset"] == "all"]
+    lines = []
+    for (attack, eps), cell in overall.groupby(["attack", "param_value"], sort=False):
+        by_metric = cell.set_index("metric")
+        if "robust_accuracy" not in by_metric.index:
             continue
-        arrays = result.artifacts.get(Path(cell["artifact"]).stem)
-        if arrays is None or len(arrays["index"]) == 0:
+
+        def shown(metric: str, digits: int | None = None) -> str:
+            if metric not in by_metric.index:
+                return "–"
+            return fmt(by_metric.loc[metric]["value"], digits) if digits else fmt_ci(by_metric.loc[metric])
+
+        lines.append({
+            "attack": attack, "eps": f"{eps:g}", "clean": shown("clean_accuracy"), "robust": shown("robust_accuracy"),
+            "success": shown("success_rate"), "linf": shown("perturbation_linf", 4), "l2": shown("perturbation_l2", 4),
+            "n": int(by_metric.loc["robust_accuracy"]["n"]), "note": by_metric.loc["robust_accuracy"]["message"],
+        })
+    return lines
+
+
+def _min_perturbations(run: Run, model: str) -> str | None:
+    series = {}
+    for cell in run.meta["cells"]:
+        arrays = run.result.artifacts.get(Path(cell.get("artifact", "")).stem) if cell["status"] == "ok" else None
+        if cell["model"] == model and arrays is not None and "sample/min_perturbation" in arrays:
+            values = arrays["sample/min_perturbation"]
+            series[cell["attack"]] = values[np.isfinite(values) & (values > 0)]
+    return figures.distributions(series, "minimal perturbation") if series else None
+
+
+def _gallery(run: Run, model: str) -> list[dict[str, str]]:
+    if not run.meta["data"]["is_image"]:
+        return []
+    classes = run.meta["data"]["classes"]
+    value_range = tuple(run.meta["data"]["input_range"])
+    panels = []
+    for cell in run.meta["cells"]:
+        arrays = run.result.artifacts.get(Path(cell.get("artifact", "")).stem) if cell["status"] == "ok" else None
+        if cell["model"] != model or arrays is None or "x_adv" not in arrays or len(arrays["index"]) == 0:
             continue
         pick = len(arrays["eps"]) // 2
         eps = float(arrays["eps"][pick])
         clean_caps = [f"{classes[t]}→{classes[p]} {c:.0%}" for t, p, c in zip(arrays["y"], arrays["pred_clean"], arrays["conf_clean"])]
         adv_caps = [f"→{classes[p]} {c:.0%}" for p, c in zip(arrays["pred_adv"][pick], arrays["conf_adv"][pick])]
-        image = figures.gallery(arrays["x_clean"], arrays["x_adv"][pick], clean_caps, adv_caps, value_range)
-        panels.append({"model": cell["model"], "attack": cell["attack"], "eps": f"{eps:g}", "image": image})
-    return {"panels": panels} if panels else None
+        image = figures.image_rows(
+            [
+                ("clean", arrays["x_clean"], clean_caps),
+                ("adversarial", arrays["x_adv"][pick], adv_caps),
+                ("perturbation (amplified)", figures.amplified(arrays["x_clean"], arrays["x_adv"][pick], value_range), [""] * len(adv_caps)),
+            ],
+            value_range,
+        )
+        panels.append({"attack": cell["attack"], "eps": "minimal" if math.isnan(eps) else f"{eps:g}", "image": image})
+    return panels
 
 
-def _diagnostics(result: AuditResult) -> dict[str, Any]:
-    table = result.table
-    errors = table[table["status"] == "error"]
-    notes = table[(table["message"] != "") & (table["status"] != "error")]
-    return {
-        "errors": [{"model": r["model"], "attack": r["attack"], "message": r["message"]} for _, r in errors.iterrows()],
-        "notes": [{"where": r["category"], "metric": r["metric"], "subset": r["subset"], "message": r["message"]} for _, r in notes.iterrows()],
-    }
+def _sanity_rows(run: Run, model: str) -> list[dict[str, str]]:
+    rows = run.table[(run.table["category"] == "sanity") & (run.table["model"] == model)]
+    out = []
+    for _, r in rows.iterrows():
+        if r["metric"] == "noise_robust_accuracy":
+            state, observed = "", fmt_ci(r)
+        else:
+            state = "waived" if r["status"] == "waived" else ("flagged" if r["value"] == 1.0 else "clear")
+            observed = r["message"]
+        out.append({"check": r["metric"], "attack": r["attack"], "eps": "" if math.isnan(r["param_value"]) else f"{r['param_value']:g}",
+                    "state": state, "state_text": run.t(state) if state else "", "observed": observed})
+    return out
 
 
-def _environment(result: AuditResult) -> dict[str, Any]:
-    meta = result.metadata
-    return {
+def _c2(run: Run) -> dict[str, Any]:
+    table = run.table[(run.table["category"] == "integrity") & (run.table["status"] == "ok")]
+    models = []
+    for model, rows in table.groupby("model", sort=False):
+        overall = rows[(rows["subset"] == "all") & (rows["metric"] == "robust_accuracy")]
+        per_class = rows[(rows["metric"] == "robust_accuracy") & (rows["subset"] != "all")]
+        minimal = rows[rows["metric"].str.startswith("median_min_perturbation") | (rows["metric"] == "success_rate_unbounded")]
+        models.append({
+            "name": model,
+            "curve": figures.robustness_curve(overall, f"{model}: robust accuracy vs eps") if len(overall) else None,
+            "heatmap": figures.class_heatmap(per_class, f"{model}: robust accuracy per class") if len(per_class) else None,
+            "lines": _robustness_lines(rows),
+            "min_norm": [{"attack": r["attack"], "metric": r["metric"], "value": fmt_ci(r), "n": int(r["n"])} for _, r in minimal.iterrows()],
+            "min_figure": _min_perturbations(run, model),
+            "gallery": _gallery(run, model),
+            "sanity": _sanity_rows(run, model),
+        })
+    return _characteristic(run, "C-2", {"models": models})
+
+
+def _d1(run: Run) -> dict[str, Any]:
+    meta = run.meta
+    return _characteristic(run, "D-1", {
         "versions": meta["versions"],
         "hashes": {"config": meta["config_sha256"], "data": meta["data"]["sha256"], **{f"model {m['name']}": m["sha256"] for m in meta["models"]}},
         "models": meta["models"],
         "cells": [{**c, "seconds": fmt(c["seconds"], 2)} for c in meta["cells"]],
         "machine": meta["machine"],
+        "seeds": meta.get("seeds", {}),
         "wall": fmt(meta["wall_seconds"], 1),
+    })
+
+
+def _e1(run: Run) -> dict[str, Any]:
+    gates = run.result.gates
+    regression = gates[gates["baseline"].notna()] if "baseline" in gates else gates.iloc[0:0]
+    checks = [{"gate": c["gate"], "where": case_name(c), "verdict": c["verdict"], "verdict_text": run.t(c["verdict"]), "reason": c["reason"]}
+              for _, c in regression.iterrows()]
+    return _characteristic(run, "E-1", {"baseline": run.meta.get("baseline"), "checks": checks})
+
+
+def _security(run: Run) -> dict[str, Any]:
+    from reports.confidentiality import build_confidentiality
+
+    return _characteristic(run, "S", {
+        "threat_model": run.config("component").get("threat_model") or run.t("threat_default"),
+        "confidentiality": build_confidentiality(run.result),
+    })
+
+
+def _diagnostics(run: Run) -> dict[str, Any]:
+    table = run.table
+    errors = table[table["status"] == "error"]
+    shown_elsewhere = ("integrity", "sanity", "confidentiality")
+    notes = table[(table["message"] != "") & (table["status"] == "ok") & ~table["category"].isin(shown_elsewhere)]
+    limitations = [run.t("lim_bounds"), run.t("lim_samples", n=run.meta["data"]["evaluation_samples"])]
+    from attacks import registry
+
+    attacks = registry()
+    run_attacks = [a["name"] for a in run.meta["config"]["attacks"]]
+    if not any(not attacks[name].gradient_access for name in run_attacks if name in attacks):
+        limitations.append(run.t("lim_no_blackbox"))
+    if not run.has("confidentiality"):
+        limitations.append(run.t("lim_no_confidentiality"))
+    if not run.has("sanity"):
+        limitations.append(run.t("lim_no_checks"))
+    return {
+        "errors": [{"model": r["model"], "attack": r["attack"], "message": r["message"]} for _, r in errors.iterrows()],
+        "notes": [{"metric": r["metric"], "subset": r["subset"], "message": r["message"]} for _, r in notes.iterrows()],
+        "limitations": limitations,
     }
 
 
-def _appendix(result: AuditResult) -> dict[str, Any]:
-    return {"config_text": result.metadata["config_text"], "config_path": result.metadata["config_path"]}
+def _appendix(run: Run) -> dict[str, Any]:
+    return {"config_text": run.meta["config_text"], "config_path": run.meta["config_path"]}
 
 
-SECTIONS: list[tuple[str, str, Callable[[AuditResult], dict[str, Any] | None]]] = [
-    ("summary", "Summary", _summary),
-    ("data_quality", "Data quality", _data_quality),
-    ("performance", "Correctness of the trained model", _performance),
-    ("robustness", "Stability: robustness to adversarial examples", _robustness),
-    ("gallery", "Adversarial examples", _gallery),
-    ("diagnostics", "Diagnostics", _diagnostics),
-    ("environment", "Environment and reproducibility", _environment),
-    ("appendix", "Appendix: configuration", _appendix),
+SECTIONS: list[tuple[str, Callable[[Run], dict[str, Any] | None]]] = [
+    ("scorecard", _scorecard),
+    ("A-1", _a1), ("A-2", _a2), ("B-1", _b1), ("B-2", _b2), ("B-3", _b3),
+    ("C-1", _c1), ("C-2", _c2), ("D-1", _d1), ("E-1", _e1), ("S", _security),
+    ("diagnostics", _diagnostics),
+    ("appendix", _appendix),
 ]
 
 
-def render_html(result: AuditResult) -> str:
+def render_html(result: AuditResult, lang: str = "en") -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+    run = build_run(result, lang)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
     sections = []
-    for key, title, build in SECTIONS:
-        context = build(result)
+    for key, build in SECTIONS:
+        context = build(run)
         if context is not None:
-            sections.append({"id": key, "title": title, "template": f"sections/{key}.html.j2", "ctx": context})
-    return env.get_template("report.html.j2").render(meta=result.metadata, sections=sections)
+            template = f"sections/{key if key in ('scorecard', 'diagnostics', 'appendix') else 'characteristic'}.html.j2"
+            sections.append({"id": key, "title": run.t(key), "template": template, "ctx": context,
+                             "body": f"sections/{key}.html.j2"})
+    return env.get_template("report.html.j2").render(
+        meta=result.metadata, sections=sections, t=run.t, lang=lang, cover=_cover(run)
+    )
 
 
-def write_html(result: AuditResult, out_dir: Path) -> Path:
-    path = out_dir / "report.html"
-    write_text_atomic(path, render_html(result))
+def report_name(lang: str) -> str:
+    return "report.html" if lang == "en" else f"report.{lang}.html"
+
+
+def write_html(result: AuditResult, out_dir: Path, lang: str = "en") -> Path:
+    path = out_dir / report_name(lang)
+    write_text_atomic(path, render_html(result, lang))
     return path

@@ -14,12 +14,17 @@ from audit.gates import FAIL, INCONCLUSIVE, PASS, SEVERITY, overall_verdict
 from audit.results import AuditResult
 from reports.junit import case_name
 from reports.queries import headline
+from reports.scorecard import CHARACTERISTICS, build_run, traffic_light
 
+LIGHTS = {"red": "🔴", "amber": "🟠", "grey": "⚪", "green": "🟢"}
+LIGHT_ORDER = {"red": 3, "amber": 2, "grey": 1, "green": 0}
 ICONS = {PASS: "✅ pass", FAIL: "❌ fail", INCONCLUSIVE: "⚠️ inconclusive", None: "no gates"}
 
 
 def escape(text: object) -> str:
-    return re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", str(text)).replace("\n", " ")
+    """Entities for HTML, backslashes for Markdown: user text shows as typed and cannot become markup."""
+    html_safe = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", html_safe).replace("\n", " ")
 
 
 def summary_markdown(result: AuditResult) -> str:
@@ -28,6 +33,11 @@ def summary_markdown(result: AuditResult) -> str:
     lines = [f"## Kansa audit: {escape(meta['title'])}", "", f"**Verdict: {ICONS[verdict]}** · run `{meta['run_id']}` · {meta['created']}", ""]
     if meta.get("baseline"):
         lines += [f"Baseline: {escape(meta['baseline'])}", ""]
+    run = build_run(result, "en")
+    lights = [(c, traffic_light(run, c)) for c in CHARACTERISTICS]
+    lines += ["### Scorecard", "", "| characteristic | status |", "| --- | --- |"]
+    lines += [f"| {escape(run.t(c))} | {LIGHTS[light]} {run.t(light)} |" for c, light in sorted(lights, key=lambda cl: -LIGHT_ORDER[cl[1]])]
+    lines.append("")
     if not gates.empty:
         ordered = gates.assign(rank=gates["verdict"].map(SEVERITY)).sort_values("rank", ascending=False, kind="stable")
         counts = ", ".join(f"{int((gates['verdict'] == v).sum())} {v}" for v in (FAIL, INCONCLUSIVE, PASS))

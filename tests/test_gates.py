@@ -54,7 +54,7 @@ def test_confidence_gate_is_inconclusive_when_the_interval_straddles_the_thresho
 
 
 def test_errored_attack_makes_its_gates_inconclusive_but_not_unrelated_ones():
-    spec = {"metric": "robust_accuracy", "op": ">=", "threshold": 0.5}
+    spec = {"metric": "robust_accuracy", "attack": "*", "op": ">=", "threshold": 0.5}
     verdict, reason = verdicts(spec, table(90, error=True))
     assert sorted(verdict) == ["inconclusive", "pass"] and any("attack square on m errored" in r for r in reason)
     clean = {"metric": "accuracy", "subset": "split=test", "op": ">=", "threshold": 0.9}
@@ -69,7 +69,7 @@ def test_missing_metric_and_small_n_are_inconclusive():
 
 
 def test_regression_within_beyond_and_inside_noise():
-    spec = {"kind": "regression", "metric": "robust_accuracy", "tolerance": 0.02}
+    spec = {"kind": "regression", "metric": "robust_accuracy", "attack": "pgd", "tolerance": 0.02}
     assert verdicts(spec, table(600, 1000), table(600, 1000))[0] == ["pass"]
     verdict, reason = verdicts(spec, table(500, 1000), table(600, 1000))
     assert verdict == ["fail"] and "beyond tolerance 0.02" in reason[0]
@@ -112,7 +112,7 @@ def test_cli_exit_codes_for_every_verdict_on_a_finished_run(small_run, tmp_path,
 
 
 def test_cli_regression_against_a_baseline_file(small_run, tmp_path):
-    spec = {"kind": "regression", "metric": "robust_accuracy", "subset": "all", "tolerance": 0.02}
+    spec = {"kind": "regression", "metric": "robust_accuracy", "attack": "*", "subset": "all", "tolerance": 0.02}
     config = str(gate_config(tmp_path, "regression", spec))
     run_dir = tmp_path / "run"
     shutil.copytree(small_run.out_dir, run_dir)
@@ -139,7 +139,7 @@ def test_junit_xml_parses_with_the_expected_cases(small_run, tmp_path):
     assert main(["gate", str(run_dir), "--config", str(config)]) == 1
     cases = {(c.classname, c.name): c for suite in JUnitXml.fromfile(str(run_dir / "junit.xml")) for c in suite}
     assert set(cases) == {
-        ("kansa.floor", "cnn/none/fgsm at=0.05"), ("kansa.floor", "cnn/none/pgd at=0.05"),
+        ("kansa.floor", "cnn/none/fgsm at=0.05"), ("kansa.floor", "cnn/none/pgd at=0.05"), ("kansa.floor", "cnn/none/ensemble at=0.05"),
         ("kansa.ceiling", "cnn/none/pgd at=0.2"), ("kansa.absent", "(no matching row)"),
     }
     assert cases[("kansa.floor", "cnn/none/pgd at=0.05")].is_passed
@@ -148,7 +148,7 @@ def test_junit_xml_parses_with_the_expected_cases(small_run, tmp_path):
     (error,) = cases[("kansa.absent", "(no matching row)")].result
     assert isinstance(error, Error) and error.type == "inconclusive"
     summary = (run_dir / "summary.md").read_text()
-    assert summary.index("❌ fail") < summary.index("⚠️ inconclusive") < summary.index("✅ pass")
+    assert summary.index("### Scorecard") < summary.index("| ❌ fail |") < summary.index("| ⚠️ inconclusive |") < summary.index("| ✅ pass |")
 
 
 def test_an_errored_attack_run_exits_inconclusive(tmp_path, monkeypatch, capsys):
@@ -163,6 +163,7 @@ def test_an_errored_attack_run_exits_inconclusive(tmp_path, monkeypatch, capsys)
     assert code == 3
     captured = capsys.readouterr()
     assert "INCONCLUSIVE" in captured.out and "exploding-test-attack on cnn errored" in captured.out
+    assert "cnn/none/ensemble at=0.1" in captured.out  # the default gate target: the worst case over all attacks
     assert "1 of 3 attack cells failed" in captured.err
 
 

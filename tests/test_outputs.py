@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import pytest
+
 from audit import run_audit
+from audit.cli import main
 from audit.results import COLUMNS, SCHEMA_VERSION, TIMING_CATEGORIES
 from tests.conftest import SMALL_AUDIT, write
 
@@ -21,9 +25,10 @@ KANSA = Path(sys.executable).parent / "kansa"
 def test_table_is_tidy_and_covers_every_cell(small_run):
     table = small_run.table
     assert list(table.columns) == COLUMNS
-    assert set(table["category"]) == {"data_quality", "performance", "integrity", "cost"}
+    assert set(table["category"]) == {"data_quality", "performance", "integrity", "sanity", "cost"}
     robust = small_run.metric("robust_accuracy", subset="all")
     assert sorted(zip(robust["attack"], robust["param_value"])) == [
+        ("ensemble", 0.05), ("ensemble", 0.1), ("ensemble", 0.2),
         ("fgsm", 0.05), ("fgsm", 0.1), ("fgsm", 0.2), ("pgd", 0.05), ("pgd", 0.1), ("pgd", 0.2)
     ]
     assert (robust["n"] == 200).all() and (robust["defense"] == "none").all()
@@ -46,15 +51,32 @@ def test_results_json_and_csv_round_trip(small_run):
     assert not list(out.glob(".*.tmp")) and not list((out / "artifacts").glob(".*.tmp"))
 
 
-def test_report_is_self_contained_with_embedded_figures(small_run):
-    html = (small_run.out_dir / "report.html").read_text()
+REPORT_SECTIONS = ("scorecard", "A-1", "A-2", "B-1", "B-2", "B-3", "C-1", "C-2", "D-1", "E-1", "S", "diagnostics", "appendix")
+
+
+@pytest.mark.parametrize("lang, phrase, foreign", [("en", "Evidence checklist", "証拠チェックリスト"), ("ja", "証拠チェックリスト", "Evidence checklist")])
+def test_report_is_self_contained_in_both_languages(small_run, lang, phrase, foreign):
+    assert main(["report", str(small_run.out_dir), "--lang", lang]) == 0
+    html = (small_run.out_dir / ("report.html" if lang == "en" else "report.ja.html")).read_text()
     assert not re.search(r"(?:https?:|ftp:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.IGNORECASE)
     assert not re.search(r"<(script|link|iframe)\b", html, re.IGNORECASE)
     sources = re.findall(r'<img [^>]*src="([^"]*)"', html)
-    assert len(sources) == 1 + 2  # one robustness curve, one gallery per attack cell
+    assert len(sources) == 4  # robustness curve, per-class heatmap, one gallery per attack cell
     assert all(s.startswith("data:image/png;base64,") and len(s) > 1000 for s in sources)
-    for section in ("summary", "data_quality", "performance", "robustness", "gallery", "diagnostics", "environment", "appendix"):
+    for section in REPORT_SECTIONS:
         assert f'<section id="{section}">' in html
+    assert html.count("class=\"light light-") >= 2 * 10  # a light per characteristic, on the scorecard and in its section
+    assert phrase in html and foreign not in html
+    assert f'<html lang="{lang}">' in html
+
+
+def test_re_rendering_a_run_reproduces_its_report(small_run, tmp_path):
+    original = (small_run.out_dir / "report.html").read_text()
+    copy = tmp_path / "copy"
+    shutil.copytree(small_run.out_dir, copy)
+    (copy / "report.html").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.html").read_text() == original
 
 
 def test_user_text_cannot_inject_markup(tmp_path):
@@ -68,11 +90,20 @@ def test_user_text_cannot_inject_markup(tmp_path):
         .replace("samples = 200", "samples = 30")
         .replace('title = "test audit"', 'title = "</title><script>x()</script>"')
     )
+    text += (
+        '\n[component]\nname = "<svg onload=alert(3)>"\nintended_use = "<iframe src=javascript:alert(4)>"\n'
+        '\n[[attestations]]\ncharacteristic = "A-1"\nstatement = "<script>alert(5)</script>"\nowner = "<b>me</b>"\n'
+    )
     result = run_audit(write(tmp_path / "audit.toml", text), out_dir=tmp_path / "out")
-    html = (result.out_dir / "report.html").read_text()
-    assert "<script" not in html and "<img src=x" not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert main(["report", str(result.out_dir), "--lang", "ja"]) == 0
+    for name in ("report.html", "report.ja.html"):
+        html = (result.out_dir / name).read_text()
+        assert "<script" not in html and "<img src=x" not in html and "<svg" not in html and "<iframe" not in html and "<b>me" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+        assert "&lt;img src=x onerror=alert(2)&gt;" in html
+        assert "&lt;svg onload=alert(3)&gt;" in html and "&lt;script&gt;alert(5)&lt;/script&gt;" in html
+    summary = (result.out_dir / "summary.md").read_text()
+    assert "<img" not in summary and "&lt;img src=x onerror=alert\\(2\\)&gt;" in summary
 
 
 def test_same_config_and_seed_give_identical_numbers(small_config, small_run):

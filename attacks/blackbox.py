@@ -1,0 +1,108 @@
+"""Black-box checks: attacks that never read the target's gradients.
+
+If one of them beats the white-box attacks, the white-box numbers were not trustworthy (the
+gradients are masked); the sanity checks compare them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attacks import register
+from attacks.base import AttackContext, AttackOutput, EvasionAttack, MinimizationAttack
+from attacks.evasion import _norm
+from audit.params import Choice, Number, Param
+
+if TYPE_CHECKING:
+    from audit.models import Target
+
+
+def square(target: "Target", x: np.ndarray, y: np.ndarray, eps: float, norm: str, queries: int, batch: int) -> np.ndarray:
+    from art.attacks.evasion import SquareAttack
+
+    attack = SquareAttack(target.art_classifier, norm=_norm(norm), eps=eps, max_iter=queries, batch_size=batch, verbose=False)
+    return attack.generate(x, y=y)
+
+
+@register
+class Square(EvasionAttack):
+    name = "square"
+    summary = "Square attack (Andriushchenko et al. 2020): score-based random search, no gradients"
+    randomized = True
+    gradient_access = False
+    params = (
+        *EvasionAttack.params,
+        Param("queries", Number(1, 100_000, integer=True), 1000, "model queries per sample"),
+    )
+
+    def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        return square(target, x, y, eps, self.values["norm"], self.values["queries"], self.values["batch_size"])
+
+
+@register
+class HopSkipJump(MinimizationAttack):
+    name = "hopskipjump"
+    summary = "HopSkipJump (Chen et al. 2020): decision-based, needs only the predicted label"
+    randomized = True
+    gradient_access = False
+    params = (
+        *MinimizationAttack.params,
+        Param("norm", Choice(("2", "inf")), "2", "the norm minimised"),
+        Param("steps", Number(1, 1000, integer=True), 10, "iterations (each estimates a gradient from label queries)"),
+        Param("max_queries", Number(10, 1_000_000, integer=True), 1000, "queries per gradient estimate, at most"),
+    )
+
+    @property
+    def norm(self) -> str:
+        return self.values["norm"]
+
+    def minimize(self, target: "Target", x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        from art.attacks.evasion import HopSkipJump as ArtHopSkipJump
+
+        attack = ArtHopSkipJump(
+            target.art_classifier,
+            norm=_norm(self.values["norm"]),
+            max_iter=self.values["steps"],
+            max_eval=self.values["max_queries"],
+            init_eval=min(100, self.values["max_queries"]),
+            batch_size=self.values["batch_size"],
+            verbose=False,
+        )
+        return attack.generate(x.astype(np.float32), y=y)
+
+
+@register
+class Transfer(EvasionAttack):
+    name = "transfer"
+    summary = "Transfer attack: PGD on a surrogate model Kansa trains, replayed against the target"
+    randomized = True
+    gradient_access = False
+    params = (
+        *EvasionAttack.params,
+        Param("surrogate_data", Choice(("train", "holdout")), "train", "split the surrogate learns from (holdout: an attacker without the training data)"),
+        Param("steps", Number(1, 10_000, integer=True), 40, "PGD steps on the surrogate"),
+    )
+
+    def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
+        if context.train_like_target is None or context.dataset is None or context.splits is None:
+            raise ValueError("a transfer attack needs the data splits and a way to train a surrogate")
+        index = getattr(context.splits, self.values["surrogate_data"])
+        self._surrogate = context.train_like_target(context.dataset.x[index], context.dataset.y[index], context.seed + 1)
+        output = super().run(target, x, y, context)
+        accuracy = float((self._surrogate.predict(context.dataset.x[context.splits.test]) == context.dataset.y[context.splits.test]).mean())
+        output.rows.append(self._note(accuracy, len(context.splits.test)))
+        return output
+
+    @staticmethod
+    def _note(accuracy: float, n: int) -> dict[str, Any]:
+        from audit.results import rate_row
+
+        return rate_row("surrogate_accuracy", round(accuracy * n), n)
+
+    def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        from attacks.evasion import PGD
+
+        pgd = PGD(eps=eps, norm=self.values["norm"], steps=self.values["steps"], batch_size=self.values["batch_size"])
+        return pgd.perturb(self._surrogate, x, y, eps)

@@ -1,0 +1,183 @@
+"""The report's confidentiality section: membership inference, model inversion, attribute inference.
+
+Everything comes from the results table and the per-cell artifacts (ROC points, per-sample
+scores, reconstructions); nothing is recomputed here except the figures.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit.results import AuditResult
+from reports import figures
+
+
+def _fmt_ci(row: pd.Series | None) -> str:
+    from reports.html import fmt_ci
+
+    return "–" if row is None else fmt_ci(row)
+
+
+def _cell_arrays(result: AuditResult) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """Artifacts of each successful cell, by (model, attack id)."""
+    out = {}
+    for cell in result.metadata.get("cells", []):
+        if cell.get("status") != "ok" or "artifact" not in cell:
+            continue
+        arrays = result.artifacts.get(Path(cell["artifact"]).stem)
+        if arrays is not None:
+            out[(cell["model"], cell["attack"])] = arrays
+    return out
+
+
+def _one(rows: pd.DataFrame, metric: str, **where: Any) -> pd.Series | None:
+    selected = rows[rows["metric"] == metric]
+    for column, value in where.items():
+        selected = selected[np.isclose(selected[column], value)] if isinstance(value, float) else selected[selected[column] == value]
+    return selected.iloc[0] if len(selected) else None
+
+
+def _count(rows: pd.DataFrame, metric: str) -> str:
+    row = _one(rows, metric)
+    return "–" if row is None else f"{int(row['value']):,}"
+
+
+def _membership(model: str, rows: pd.DataFrame, arrays: dict[tuple[str, str], dict[str, np.ndarray]], meta: dict[str, Any]) -> dict[str, Any] | None:
+    attacks = list(dict.fromkeys(rows[rows["metric"] == "auc"]["attack"]))
+    if not attacks:
+        return None
+    fprs = sorted(set(rows[rows["metric"] == "tpr_at_fpr"]["param_value"].dropna()))
+    lines, notes, curves, panels = [], [], [], []
+    best, best_auc = None, -math.inf
+    for attack in attacks:
+        cell = rows[rows["attack"] == attack]
+        auc = _one(cell, "auc")
+        tprs = []
+        for alpha in fprs:
+            row = _one(cell, "tpr_at_fpr", param_value=float(alpha))
+            flagged = row is not None and bool(row["message"])
+            tprs.append(_fmt_ci(row) + (" *" if flagged else ""))
+            if flagged:
+                notes.append(f"{attack}: {row['message']}")
+        lines.append(
+            {
+                "attack": attack,
+                "auc": _fmt_ci(auc),
+                "leakage": _fmt_ci(_one(cell, "leakage")),
+                "advantage": _fmt_ci(_one(cell, "advantage")),
+                "balanced_accuracy": _fmt_ci(_one(cell, "balanced_accuracy")),
+                "tpr": tprs,
+                "members": _count(cell, "members"),
+                "non_members": _count(cell, "non_members"),
+                "attacker": _count(cell, "attacker_samples") if _one(cell, "attacker_samples") is not None else _count(cell, "known_members"),
+            }
+        )
+        for _, r in cell[(cell["message"] != "") & (cell["metric"] != "tpr_at_fpr")].iterrows():
+            notes.append(f"{attack}: {r['message']}")
+        found = arrays.get((model, attack))
+        if found is None or "roc_fpr" not in found:
+            continue
+        curves.append((f"{attack} (AUC {auc['value']:.2f})", found["roc_fpr"], found["roc_tpr"]))
+        is_member = found["sample/is_member"].astype(bool)
+        scores = found["sample/score"]
+        panels.append((attack, scores[is_member], scores[~is_member]))
+        if auc["value"] > best_auc and "exposed_x" in found:
+            best, best_auc = attack, auc["value"]
+    exposed = None
+    if best is not None:
+        found = arrays[(model, best)]
+        classes = meta["data"]["classes"]
+        captions = [f"#{i} {classes[int(c)]} s={s:.3g}" for i, c, s in zip(found["exposed_index"], found["exposed_label"], found["exposed_score"])]
+        exposed = {
+            "attack": best,
+            "image": figures.image_rows([("most exposed", found["exposed_x"], captions)], tuple(meta["data"]["input_range"]))
+            if meta["data"]["is_image"]
+            else None,
+            "items": captions,
+        }
+    return {
+        "fprs": [f"{a:g}" for a in fprs],
+        "lines": lines,
+        "notes": list(dict.fromkeys(notes)),
+        "roc": figures.roc_curves(curves, model) if curves else None,
+        "histograms": figures.score_histograms(panels, model) if panels else None,
+        "exposed": exposed,
+    }
+
+
+def _inversion(model: str, rows: pd.DataFrame, arrays: dict[tuple[str, str], dict[str, np.ndarray]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    panels = []
+    classes = meta["data"]["classes"]
+    for attack in dict.fromkeys(rows[rows["metric"] == "inversion_confidence"]["attack"]):
+        cell = rows[rows["attack"] == attack]
+        measures = []
+        for metric, label in (
+            ("inversion_confidence", "inv_confidence"),
+            ("inversion_similarity_own", "inv_similarity_own"),
+            ("inversion_similarity_other", "inv_similarity_other"),
+            ("inversion_closest_own", "inv_closest_own"),
+        ):
+            measures.append(
+                {"label": label, "attack": _fmt_ci(_one(cell, metric, subset="all")), "baseline": _fmt_ci(_one(cell, metric, subset="baseline"))}
+            )
+        found = arrays.get((model, attack))
+        image = None
+        if found is not None and meta["data"]["is_image"]:
+            k = len(found["confidence"])
+            own = np.diag(found["similarity"])
+            base_own = np.diag(found["baseline_similarity"])
+            image = figures.image_rows(
+                [
+                    ("reconstruction", found["reconstructions"], [f"{classes[c]} p={found['confidence'][c]:.2f} r={own[c]:.2f}" for c in range(k)]),
+                    ("start (baseline)", found["baseline"], [f"p={found['baseline_confidence'][c]:.2f} r={base_own[c]:.2f}" for c in range(k)]),
+                    ("class mean (train)", found["class_means"], [classes[c] for c in range(k)]),
+                ],
+                tuple(meta["data"]["input_range"]),
+            )
+        panels.append({"attack": attack, "measures": measures, "gain": _fmt_ci(_one(cell, "inversion_gain")), "iterations": _count(cell, "iterations"), "image": image})
+    return panels
+
+
+def _attribute(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for attack in dict.fromkeys(rows[rows["metric"] == "attribute_accuracy"]["attack"]):
+        cell = rows[rows["attack"] == attack]
+        lines = []
+        for split, label in (("split=train", "attr_members"), ("split=holdout", "attr_non_members")):
+            lines.append(
+                {
+                    "records": label,
+                    "attack": _fmt_ci(_one(cell, "attribute_accuracy", subset=split)),
+                    "baseline": _fmt_ci(_one(cell, "attribute_accuracy_baseline", subset=split)),
+                    "majority": _fmt_ci(_one(cell, "attribute_accuracy_majority", subset=split)),
+                    "gain": _fmt_ci(_one(cell, "attribute_gain", subset=split)),
+                }
+            )
+        out.append({"attack": attack, "lines": lines, "values": _count(cell, "feature_values"), "attacker": _count(cell, "attacker_samples")})
+    return out
+
+
+def build_confidentiality(result: AuditResult) -> dict[str, Any] | None:
+    """Context for templates/sections/confidentiality.html.j2, or None when no confidentiality attack ran."""
+    table = result.table[result.table["category"] == "confidentiality"]
+    if table.empty:
+        return None
+    errors = [{"model": r["model"], "attack": r["attack"], "message": r["message"]} for _, r in table[table["status"] == "error"].iterrows()]
+    ok = table[table["status"] == "ok"]
+    arrays = _cell_arrays(result)
+    models = []
+    for model, rows in ok.groupby("model", sort=False):
+        entry = {
+            "name": model,
+            "membership": _membership(model, rows, arrays, result.metadata),
+            "inversion": _inversion(model, rows, arrays, result.metadata),
+            "attribute": _attribute(rows),
+        }
+        if entry["membership"] or entry["inversion"] or entry["attribute"]:
+            models.append(entry)
+    return {"models": models, "errors": errors}

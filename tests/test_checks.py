@@ -1,0 +1,165 @@
+"""Sanity checks catch masked gradients and weak attacks, and stay quiet on an honest evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attacks import registry
+from attacks.base import EvasionAttack
+from attacks.evasion import FGSM, PGD
+from audit import run_audit
+from audit.checks import probe_convergence, table_checks
+from audit.cli import main
+from audit.results import make_table, rate_row
+from tests.conftest import write
+
+
+def robust_rows(curves: dict[str, dict[float, float]], n: int = 200) -> "object":
+    rows = []
+    for attack, curve in curves.items():
+        for eps, value in curve.items():
+            rows.append(rate_row("robust_accuracy", round(value * n), n, model="m", attack=attack, category="integrity", param="eps", param_value=eps))
+    return make_table(rows)
+
+
+def flags(rows: list[dict], check: str) -> list[tuple[str, float, float]]:
+    return [(r["attack"], r.get("param_value"), r["value"]) for r in rows if r["metric"] == check]
+
+
+def test_monotonicity_check_on_synthetic_curves():
+    table = robust_rows({"fgsm": {0.1: 0.6, 0.2: 0.3, 0.3: 0.1}, "pgd": {0.1: 0.5, 0.2: 0.2, 0.3: 0.4}})
+    rows = table_checks(table, {"fgsm": FGSM(), "pgd": PGD()})
+    assert flags(rows, "not_monotonic_in_eps") == [("fgsm", None, 0.0), ("pgd", None, 1.0)]
+    (flagged,) = [r for r in rows if r["metric"] == "not_monotonic_in_eps" and r["value"] == 1.0]
+    assert "rises from 0.200 at eps 0.2 to 0.400 at eps 0.3" in flagged["message"]
+
+
+def test_single_vs_iterative_check_on_synthetic_curves():
+    table = robust_rows({"fgsm": {0.1: 0.6, 0.2: 0.3}, "pgd": {0.1: 0.5, 0.2: 0.4}})
+    rows = table_checks(table, {"fgsm": FGSM(), "pgd": PGD()})
+    assert flags(rows, "iterative_weaker_than_single_step") == [("pgd", 0.1, 0.0), ("pgd", 0.2, 1.0)]
+    noise_only = robust_rows({"fgsm": {0.1: 0.600}, "pgd": {0.1: 0.605}})  # one sample of 200: noise
+    assert flags(table_checks(noise_only, {"fgsm": FGSM(), "pgd": PGD()}), "iterative_weaker_than_single_step")[0][2] == 0.0
+
+
+class _Marked:
+    """A synthetic target: a sample is misclassified when its first feature is negative."""
+
+    clip_values = (-1.0, 1.0)
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return (x[:, 0] < 0).astype(np.int64)
+
+
+class _SlowAttack(EvasionAttack):
+    """Flips as many samples as it has steps times starts, up to 10: more budget helps until it saturates."""
+
+    name = "slow-test-attack"
+    summary = "synthetic"
+    params = (*PGD.params,)
+
+    def perturb(self, target, x, y, eps):
+        flipped = x.copy()
+        flipped[: min(self.values["steps"] * self.values["random_starts"], 10), 0] = -1.0
+        return flipped
+
+
+def test_convergence_check_on_a_synthetic_attack(monkeypatch):
+    import attacks
+
+    registry()
+    monkeypatch.setitem(attacks._REGISTRY, _SlowAttack.name, _SlowAttack)
+    x, y = np.ones((200, 3), np.float32), np.zeros(200, np.int64)
+    for steps, expected in ((20, 0.0), (2, 1.0)):  # 20 steps: saturated; 2 steps: 2 flips, then 8 with more budget
+        attack = _SlowAttack(eps=0.5, steps=steps, random_starts=1)
+        table = robust_rows({"slow": {0.5: 1 - min(steps, 10) / 200}})
+        (row,) = probe_convergence(_Marked(), x, y, table, {"slow": attack})
+        assert row["value"] == expected, row["message"]
+    assert row["message"] == "slow at eps 0.5: 0.990 with 2 steps, 0.960 with 4 steps and one more restart"
+
+
+class Quantised(torch.nn.Module):
+    """Rounds its input before the network: the gradient of round() is zero, so gradient attacks see nothing."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+MASKED_AUDIT = """
+seed = 0
+[data]
+source = "digits"
+[[models]]
+name = "masked"
+kind = "torchscript"
+path = "masked.ts"
+[evaluation]
+samples = 120
+[[attacks]]
+name = "fgsm"
+eps = [0.1, 0.3]
+[[attacks]]
+name = "pgd"
+eps = [0.1, 0.3]
+steps = 10
+[[attacks]]
+name = "square"
+eps = [0.1, 0.3]
+queries = 300
+[[gates]]
+metric = "robust_accuracy"
+attack = "pgd"
+at = 0.3
+threshold = 0.5
+"""
+
+
+@pytest.fixture(scope="module")
+def masked_run(digits, tmp_path_factory):
+    _, _, target = digits
+    folder = tmp_path_factory.mktemp("masked")
+    torch.jit.save(torch.jit.script(Quantised(target.module.inner)), folder / "masked.ts")
+    config = write(folder / "audit.toml", MASKED_AUDIT)
+    return folder, config, run_audit(config, out_dir=folder / "out", history=False)
+
+
+@pytest.mark.slow
+def test_a_gradient_masked_model_is_flagged_and_broken_by_the_black_box_attack(masked_run):
+    folder, config, result = masked_run
+    robust = {(r["attack"], r["param_value"]): r["value"] for _, r in result.metric("robust_accuracy", subset="all").iterrows()}
+    clean = result.metric("clean_accuracy", attack="fgsm", param_value=0.3).iloc[0]["value"]
+    assert robust[("fgsm", 0.3)] > 0.5 and robust[("pgd", 0.3)] > 0.5  # gradient attacks call it robust
+    assert robust[("square", 0.3)] < robust[("pgd", 0.3)] - 0.3  # the black-box attack breaks it
+    assert robust[("ensemble", 0.3)] <= robust[("square", 0.3)]
+    assert clean > 0.8
+    sanity = result.table[result.table["category"] == "sanity"]
+    flagged = set(sanity[sanity["value"] == 1.0]["metric"])
+    assert {"vanishing_gradients", "large_eps_not_reaching_chance", "black_box_stronger_than_white_box"} <= flagged
+    (check,) = result.gates.itertuples()
+    assert check.verdict == "inconclusive" and "flagged on masked" in check.reason
+
+
+@pytest.mark.slow
+def test_a_waiver_with_a_reason_lets_the_gate_decide(masked_run, tmp_path, capsys):
+    folder, config, result = masked_run
+    waived = config.read_text() + "".join(
+        f'\n[[waivers]]\nflag = "{flag}"\nreason = "test: the model is known to quantise its input"\n'
+        for flag in ("vanishing_gradients", "large_eps_not_reaching_chance", "black_box_stronger_than_white_box",
+                     "attack_no_better_than_noise", "not_converged", "iterative_weaker_than_single_step")
+    )
+    waived_config = write(folder / "waived.toml", waived)
+    assert main(["gate", str(folder / "out"), "--config", str(waived_config)]) == 3  # waivers apply when the checks run
+    out = tmp_path / "waived-run"
+    assert main(["run", str(waived_config), "--out", str(out), "--quiet", "--no-history"]) == 0  # pgd at 0.3 >= 0.5
+    rows = json.loads((out / "results.json").read_text())["results"]
+    waived_rows = [r for r in rows if r["status"] == "waived"]
+    assert waived_rows and all("waived: test: the model is known to quantise its input" in r["message"] for r in waived_rows)
+    assert "waived: test: the model is known" in (out / "report.html").read_text()
