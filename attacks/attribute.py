@@ -16,7 +16,7 @@ import numpy as np
 
 from attacks import register
 from attacks.base import Attack, AttackContext, AttackOutput
-from attacks.membership import protocol_params, seed_global, draw_protocol, target_view
+from attacks.membership import draw_protocol, protocol_params, seed_global, target_view
 from audit.errors import KansaError
 from audit.params import Choice, Number, Param
 from audit.results import count_row, mean_row, rate_row

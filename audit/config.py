@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from audit.checks import CHECKS_PARAMS, WAIVER_PARAMS, validate_waivers
 from audit.data import validate_data_config
 from audit.errors import ConfigError
-from audit.models import validate_model_config
-from audit.checks import CHECKS_PARAMS, WAIVER_PARAMS, validate_waivers
 from audit.gates import validate_gates_config
+from audit.models import validate_model_config
 from audit.params import Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, optional_tables, validate_tagged
 
 TOP_PARAMS = (
@@ -203,9 +203,11 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
 def schema_markdown() -> str:
     """The whole config schema as Markdown tables, generated from the same declarations that validate."""
     from attacks import registry
-    from audit.data import COMMON_PARAMS as DATA_COMMON, SOURCE_PARAMS
+    from audit.data import COMMON_PARAMS as DATA_COMMON
+    from audit.data import SOURCE_PARAMS
     from audit.gates import GATE_PARAMS, PRESETS
-    from audit.models import COMMON_PARAMS as MODEL_COMMON, KIND_PARAMS
+    from audit.models import COMMON_PARAMS as MODEL_COMMON
+    from audit.models import KIND_PARAMS
     from audit.params import describe_params
 
     def table(params: tuple[Param, ...] | list[Param]) -> list[str]:

@@ -17,7 +17,6 @@ import pandas as pd
 from attacks.base import ENSEMBLE
 from audit.checks import masking_flags
 from audit.params import REQUIRED, Choice, Flag, Location, Number, Param, ParamSet, Text, optional_tables
-from audit.stats import Z95
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 SEVERITY = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}

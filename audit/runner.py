@@ -15,25 +15,35 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
-from audit.config import Config, load_config
-from audit.errors import KansaError, describe_exception
-from audit.data import Dataset, Splits, load_dataset, quality_rows, split_dataset
 import pandas as pd
-from audit.checks import RANDOMIZED, apply_waivers, flag, probe_convergence, probe_gradients, probe_large_eps, probe_noise, probe_randomness, table_checks
+
+from audit.checks import (
+    RANDOMIZED,
+    apply_waivers,
+    flag,
+    probe_convergence,
+    probe_gradients,
+    probe_large_eps,
+    probe_noise,
+    probe_randomness,
+    table_checks,
+)
+from audit.config import Config, load_config
+from audit.data import Dataset, Splits, load_dataset, quality_rows, split_dataset
+from audit.errors import KansaError, describe_exception
+from audit.gates import evaluate_gates, overall_verdict, validate_gates_config
+from audit.history import History, default_path, git_state, resolve_baseline
 from audit.models import (
     Target,
-    expectation,
-    validate_model_config,
     build_builtin,
     count_parameters,
     detect_output,
+    expectation,
     load_user_model,
     make_target,
     train,
+    validate_model_config,
 )
-from audit.gates import evaluate_gates, overall_verdict, validate_gates_config
-from audit.history import History, default_path, git_state, resolve_baseline
 from audit.params import Location
 from audit.results import AuditResult, count_row, error_row, load_results, make_table, rate_row
 

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from audit.checks import masking_flags
-from audit.gates import FAIL, INCONCLUSIVE, SEVERITY as VERDICT_SEVERITY
+from audit.gates import FAIL, INCONCLUSIVE
+from audit.gates import SEVERITY as VERDICT_SEVERITY
 from audit.results import AuditResult
 from reports.i18n import translator
 

@@ -15,7 +15,9 @@ from audit import run_audit
 from audit.checks import probe_convergence, table_checks
 from audit.cli import main
 from audit.results import make_table, rate_row
-from tests.conftest import write
+from tests.conftest import SMALL_AUDIT, write
+
+SMALL_AUDIT_FAST = SMALL_AUDIT.replace("epochs = 15", "epochs = 3")
 
 
 def robust_rows(curves: dict[str, dict[float, float]], n: int = 200) -> "object":
@@ -163,3 +165,43 @@ def test_a_waiver_with_a_reason_lets_the_gate_decide(masked_run, tmp_path, capsy
     waived_rows = [r for r in rows if r["status"] == "waived"]
     assert waived_rows and all("waived: test: the model is known to quantise its input" in r["message"] for r in waived_rows)
     assert "waived: test: the model is known" in (out / "report.html").read_text()
+
+
+class Noisy(torch.nn.Module):
+    """A randomised defense: Gaussian noise on the input at every call."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x + 0.05 * torch.randn_like(x))
+
+
+def test_random_outputs_are_flagged_and_attacked_through_the_expectation(digits, tmp_path):
+    _, _, target = digits
+    torch.jit.save(torch.jit.script(Noisy(target.module.inner)), tmp_path / "noisy.ts")
+    config = write(tmp_path / "audit.toml", MASKED_AUDIT.replace("masked.ts", "noisy.ts").replace("samples = 120", "samples = 40")
+                   .split("[[attacks]]\nname = \"pgd\"")[0] + "[checks]\neot_samples = 4\n")
+    result = run_audit(config, history=False)
+    (row,) = result.table[result.table["metric"] == "randomized_outputs"].itertuples()
+    assert row.value == 1.0 and "expectation over 4 passes" in row.message
+    assert result.metric("robust_accuracy", attack="fgsm", subset="all")["value"].notna().all()
+
+
+def test_repeats_report_mean_and_spread_for_randomised_attacks_only(tmp_path):
+    text = SMALL_AUDIT_FAST.replace("samples = 200", "samples = 60\nrepeats = 3")
+    result = run_audit(write(tmp_path / "audit.toml", text), history=False)
+    pgd = result.metric("robust_accuracy", attack="pgd", subset="all")
+    fgsm = result.metric("robust_accuracy", attack="fgsm", subset="all")
+    assert pgd["std"].notna().all() and fgsm["std"].isna().all()
+    assert {c["attack"]: c["repeats"] for c in result.metadata["cells"]} == {"fgsm": 1, "pgd": 3}
+
+
+def test_repeated_rows_carry_the_mean_the_mean_interval_and_the_spread():
+    from audit.runner import mean_over_repeats
+
+    runs = [[rate_row("robust_accuracy", k, 100, param="eps", param_value=0.1)] for k in (50, 54, 58)]
+    (row,) = mean_over_repeats(runs)
+    assert row["value"] == pytest.approx(0.54) and row["std"] == pytest.approx(0.04)
+    assert row["ci_low"] == pytest.approx(np.mean([r[0]["ci_low"] for r in runs])) and row["n"] == 100

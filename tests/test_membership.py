@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pytest
 
+from attacks.base import AttackContext
 from attacks.membership import (
-    ConfidenceThreshold,
-    LiRA,
-    LossThreshold,
     RMIA,
     BlackBox,
+    ConfidenceThreshold,
     LabelOnly,
+    LiRA,
+    LossThreshold,
     RuleBased,
     Shadow,
     clear_reference_cache,
@@ -25,12 +26,10 @@ from attacks.membership import (
     target_view,
     true_class_log_prob,
 )
-from attacks.base import AttackContext
 from attacks.privacy_metrics import MIN_FALSE_POSITIVES, evaluate_membership, roc_curve
 from audit.data import Splits
 from audit.errors import KansaError
 from tests.privacy_fixtures import overfit_digits, regularised_digits, row
-
 
 # ----------------------------------------------------------------------------- metrics by hand
 
