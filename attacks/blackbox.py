@@ -6,7 +6,7 @@ gradients are masked); the sanity checks compare them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from attacks import register
 from attacks.base import AttackContext, AttackOutput, EvasionAttack, MinimizationAttack
 from attacks.evasion import _norm
 from audit.params import Choice, Number, Param
+from audit.results import rate_row
 
 if TYPE_CHECKING:
     from audit.models import Target
@@ -88,18 +89,12 @@ class Transfer(EvasionAttack):
     def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
         if context.train_like_target is None or context.dataset is None or context.splits is None:
             raise ValueError("a transfer attack needs the data splits and a way to train a surrogate")
-        index = getattr(context.splits, self.values["surrogate_data"])
-        self._surrogate = context.train_like_target(context.dataset.x[index], context.dataset.y[index], context.seed + 1)
+        data, index, test = context.dataset, getattr(context.splits, self.values["surrogate_data"]), context.splits.test
+        self._surrogate = context.train_like_target(data.x[index], data.y[index], context.seed + 1)
         output = super().run(target, x, y, context)
-        accuracy = float((self._surrogate.predict(context.dataset.x[context.splits.test]) == context.dataset.y[context.splits.test]).mean())
-        output.rows.append(self._note(accuracy, len(context.splits.test)))
+        correct = int((self._surrogate.predict(data.x[test]) == data.y[test]).sum())
+        output.rows.append(rate_row("surrogate_accuracy", correct, len(test)))
         return output
-
-    @staticmethod
-    def _note(accuracy: float, n: int) -> dict[str, Any]:
-        from audit.results import rate_row
-
-        return rate_row("surrogate_accuracy", round(accuracy * n), n)
 
     def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         from attacks.evasion import PGD

@@ -238,7 +238,7 @@ def _d1(run: Run) -> dict[str, Any]:
 
 def _e1(run: Run) -> dict[str, Any]:
     gates = run.result.gates
-    regression = gates[gates["baseline"].notna()] if "baseline" in gates else gates.iloc[0:0]
+    regression = gates[gates["kind"] == "regression"] if "kind" in gates else gates.iloc[0:0]
     checks = [{"gate": c["gate"], "where": case_name(c), "verdict": c["verdict"], "verdict_text": run.t(c["verdict"]), "reason": c["reason"]}
               for _, c in regression.iterrows()]
     return _characteristic(run, "E-1", {"baseline": run.meta.get("baseline"), "checks": checks})
