@@ -123,14 +123,13 @@ def _parse(path: Path, label: str) -> tuple[dict[str, Any], str]:
 
 
 def _list_of_tables(raw: dict[str, Any], key: str, where: Location) -> list[Any]:
-    value = raw.get(key)
-    if value is None:
+    """A required `[[key]]` array: at least one table."""
+    if raw.get(key) is None:
         raise where.child(key).error(f"missing; add at least one [[{key}]] table")
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise where.child(key).error(f"expected one or more [[{key}]] tables, got {value!r}")
-    return value
+    tables = optional_tables(raw[key], where.child(key))
+    if not tables:
+        raise where.child(key).error(f"expected one or more [[{key}]] tables, got []")
+    return tables
 
 
 def _unique(items: list[dict[str, Any]], key: str, where: Location, table: str) -> None:

@@ -185,6 +185,7 @@ def _key(row: pd.Series) -> tuple[Any, ...]:
 def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
     """One verdict row per (gate, selected result row); a gate that selects nothing gets one inconclusive row."""
     base_index = {_key(r): r for _, r in baseline.iterrows()} if baseline is not None else {}
+    flags_by_model: dict[str, pd.DataFrame] = {}  # computed once per model, not once per check
     out: list[dict[str, Any]] = []
     for spec in gates:
         gate = Gate(**spec)
@@ -200,7 +201,9 @@ def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: p
         for _, row in rows.iterrows():
             where = {c: row[c] for c in ("model", "defense", "attack", "param_value", "subset")}
             measured = {"value": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"], "n": int(row["n"])}
-            flags = masking_flags(table, row["model"]) if row["category"] == "integrity" else pd.DataFrame()
+            if row["category"] == "integrity" and row["model"] not in flags_by_model:
+                flags_by_model[row["model"]] = masking_flags(table, row["model"])
+            flags = flags_by_model[row["model"]] if row["category"] == "integrity" else pd.DataFrame()
             if not flags.empty:
                 first = flags.iloc[0]
                 verdict, reason = INCONCLUSIVE, (

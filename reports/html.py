@@ -153,11 +153,21 @@ def _robustness_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return lines
 
 
+def _cell_arrays(run: Run, model: str) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """(cell, saved arrays) for every successful cell of a model whose artifacts are present."""
+    found = []
+    for cell in run.meta["cells"]:
+        if cell["model"] == model and cell["status"] == "ok":
+            arrays = run.result.artifacts.get(Path(cell.get("artifact", "")).stem)
+            if arrays is not None:
+                found.append((cell, arrays))
+    return found
+
+
 def _min_perturbations(run: Run, model: str) -> str | None:
     series = {}
-    for cell in run.meta["cells"]:
-        arrays = run.result.artifacts.get(Path(cell.get("artifact", "")).stem) if cell["status"] == "ok" else None
-        if cell["model"] == model and arrays is not None and "sample/min_perturbation" in arrays:
+    for cell, arrays in _cell_arrays(run, model):
+        if "sample/min_perturbation" in arrays:
             values = arrays["sample/min_perturbation"]
             series[cell["attack"]] = values[np.isfinite(values) & (values > 0)]
     return figures.distributions(series, "minimal perturbation") if series else None
@@ -169,9 +179,8 @@ def _gallery(run: Run, model: str) -> list[dict[str, str]]:
     classes = run.meta["data"]["classes"]
     value_range = tuple(run.meta["data"]["input_range"])
     panels = []
-    for cell in run.meta["cells"]:
-        arrays = run.result.artifacts.get(Path(cell.get("artifact", "")).stem) if cell["status"] == "ok" else None
-        if cell["model"] != model or arrays is None or "x_adv" not in arrays or len(arrays["index"]) == 0:
+    for cell, arrays in _cell_arrays(run, model):
+        if "x_adv" not in arrays or len(arrays["index"]) == 0:
             continue
         pick = len(arrays["eps"]) // 2
         eps = float(arrays["eps"][pick])
