@@ -85,7 +85,7 @@ def probe_gradients(target: "Target", x: np.ndarray, y: np.ndarray) -> dict[str,
     import torch
 
     xt = torch.from_numpy(x[:256]).requires_grad_(True)
-    logits = target.module(xt)
+    logits = target.attack_module(xt)
     labels = torch.from_numpy(y[:256])
     true = logits.gather(1, labels[:, None]).squeeze(1)
     other = logits.masked_fill(torch.nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")).max(1).values

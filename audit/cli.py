@@ -40,10 +40,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-history", action="store_true", help="do not record this run in the history database")
     run.add_argument("--force", action="store_true", help="overwrite an output folder that holds another run")
     run.add_argument("--lang", choices=("en", "ja"), default="en", help="language of the report")
+    run.add_argument("--executor", choices=("local", "ray"), help="where cells run (default: the config's [execution] executor)")
+    run.add_argument("--fresh", action="store_true", help="re-run every cell, ignoring those an interrupted run journaled")
 
     report = commands.add_parser("report", help="re-render the report of a finished run, without re-running anything")
     report.add_argument("run_dir", help="folder holding results.json")
     report.add_argument("--lang", choices=("en", "ja"), default="en")
+
+    compare = commands.add_parser("compare", help="compare models and defenses across finished runs: comparison.csv, .json, .html")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding results.json")
+    compare.add_argument("--out", default="comparison", help="output folder (default: ./comparison)")
+    compare.add_argument("--lang", choices=("en", "ja"), default="en")
+    compare.add_argument("--robust", metavar="COLUMN", help='robust-accuracy column for the Pareto front, e.g. "robust_accuracy[pgd@0.1]" (default: the strongest common one)')
 
     gate = commands.add_parser("gate", help="re-evaluate gates on a finished run (exit 0 pass, 1 fail, 3 inconclusive)")
     gate.add_argument("run_dir", help="folder holding results.json")
@@ -66,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a config without running it")
     validate.add_argument("config")
 
-    listing = commands.add_parser("list", help="list attacks and their parameters")
+    listing = commands.add_parser("list", help="list attacks and defenses with their parameters")
     listing.add_argument("--schema", action="store_true", help="print the whole config schema as Markdown")
     return parser
 
@@ -92,14 +100,17 @@ def _run(args: argparse.Namespace) -> int:
     result = run_audit(
         args.config, out_dir=out, seed=args.seed, quiet=args.quiet, baseline=args.baseline,
         history=False if args.no_history else None, force=args.force, lang=args.lang,
+        executor=args.executor, resume=False if args.fresh else None,
     )
     errors = result.errors
     cells = len(result.metadata["cells"])
     print(f"report:  {out / report_name(args.lang)}")
     print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
     if len(errors):
-        failed = ", ".join(sorted({f"{r.model}/{r.attack}" for r in errors.itertuples()}))
-        print(f"kansa: {len(errors)} of {cells} attack cells failed ({failed}); their rows have status=error", file=sys.stderr)
+        failed = sorted({"/".join(part for part in (r.model, r.defense if r.defense != "none" else "", r.attack or "(defense)") if part)
+                         for r in errors.itertuples()})
+        print(f"kansa: {len(failed)} failed ({', '.join(failed)}) of {cells} attack cells and "
+              f"{len(result.metadata.get('defenses', []))} defenses; their rows have status=error", file=sys.stderr)
     return _verdict_exit(result)
 
 
@@ -109,6 +120,15 @@ def _report(args: argparse.Namespace) -> int:
 
     result = load_run(args.run_dir)
     print(f"report:  {write_html(result, Path(args.run_dir), args.lang)}")
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from reports.comparison import compare_runs
+
+    written = compare_runs(args.run_dirs, Path(args.out), args.lang, args.robust)
+    print(f"table:   {written['comparison_csv']}, {written['comparison_json']}")
+    print(f"report:  {written['comparison_html']}")
     return EXIT_OK
 
 
@@ -163,18 +183,21 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from attacks import registry
+    from attacks import registry as attacks
     from audit.params import describe_params
+    from defenses import registry as defenses
 
     if args.schema:
         from audit.config import schema_markdown
 
         print(schema_markdown(), end="")
         return EXIT_OK
-    for name, cls in registry().items():
-        print(f"{name}  [{cls.category}]  {cls.summary}")
-        for p in describe_params(cls.params):
-            print(f"    {p['name']}: {p['accepts']} (default {p['default']}) - {p['doc']}")
+    for heading, members, family in (("attacks", attacks(), "category"), ("defenses", defenses(), "stage")):
+        print(f"{heading}:")
+        for name, cls in members.items():
+            print(f"  {name}  [{getattr(cls, family)}]  {cls.summary}")
+            for p in describe_params(cls.params):
+                print(f"      {p['name']}: {p['accepts']} (default {p['default']}) - {p['doc']}")
     return EXIT_OK
 
 
@@ -183,7 +206,7 @@ def _one_line(message: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 
-COMMANDS = {"run": _run, "report": _report, "gate": _gate, "history": _history, "init": _init, "validate": _validate, "list": _list}
+COMMANDS = {"run": _run, "report": _report, "compare": _compare, "gate": _gate, "history": _history, "init": _init, "validate": _validate, "list": _list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,7 +50,21 @@ ATTESTATION_PARAMS = (
     Param("date", Text(), None, "when"),
     Param("evidence", Text(), None, "where the evidence lives (a document, a ticket)"),
 )
-TABLES = ("data", "models", "evaluation", "attacks", "gates", "history", "checks", "waivers", "component", "attestations")
+CACHE_PARAMS = (
+    Param("enabled", Flag(), True, "reuse trained weights (models, defended variants, reference models) across runs"),
+    Param("path", Text(), None, "cache folder, relative to this config (default: .kansa/cache in the working directory, or $KANSA_CACHE)"),
+)
+EXECUTION_PARAMS = (
+    Param("executor", Choice(("local", "ray")), "local", "local: in this process; ray: Ray tasks (pip install 'kansa[ray]')"),
+    Param("address", Text(), None, "Ray cluster address (default: $RAY_ADDRESS, else a local Ray started for the run)"),
+    Param("cpus", Number(1, 100_000, integer=True), None, "CPUs of the local Ray started for the run (default: all)"),
+    Param("resume", Flag(), True, "skip cells an earlier, interrupted run of this config already journaled in the run folder"),
+    Param("threads", Number(1, 1024, integer=True), None,
+          "torch threads per process (default: torch's choice; 1 avoids a many-fold slowdown on cores other jobs also use)"),
+)
+UNDEFENDED = "none"
+TABLES = ("data", "models", "evaluation", "attacks", "defenses", "gates", "history", "cache", "execution", "checks", "waivers", "component",
+          "attestations")
 
 
 @dataclass
@@ -62,8 +76,11 @@ class Config:
     models: list[dict[str, Any]]
     evaluation: dict[str, Any]
     attacks: list[dict[str, Any]]
+    defenses: list[dict[str, Any]]
     gates: list[dict[str, Any]]
     history: dict[str, Any]
+    cache: dict[str, Any]
+    execution: dict[str, Any]
     checks: dict[str, Any]
     waivers: list[dict[str, Any]]
     component: dict[str, Any]
@@ -82,6 +99,7 @@ class Config:
             "models": self.models,
             "evaluation": self.evaluation,
             "attacks": self.attacks,
+            "defenses": self.defenses,
             "gates": self.gates,
             "checks": self.checks,
             "waivers": self.waivers,
@@ -157,6 +175,25 @@ def validate_attack_config(table: Any, where: Location) -> dict[str, Any]:
     return {"name": name, "id": attack_id or name, "params": values}
 
 
+def validate_defense_config(table: Any, where: Location, model_names: list[str]) -> dict[str, Any]:
+    from defenses import registry
+
+    defenses = registry()
+    values = validate_tagged(
+        table, where, "name", {name: cls.params for name, cls in defenses.items()},
+        (Param("id", Text(), None, "label in results (default: the name); needed when one defense appears twice"),
+         Param("models", ListOf(Text()), None, "names of the models to defend (default: every model)")),
+    )
+    name, defense_id, models = values.pop("name"), values.pop("id"), values.pop("models")
+    if (defense_id or name) == UNDEFENDED:
+        raise where.child("id").error(f'"{UNDEFENDED}" is reserved for the undefended baseline, which every audit includes')
+    for i, model in enumerate(models or []):
+        if model not in model_names:
+            raise where.child("models").child(i).error(f'no model is named "{model}"; models: {", ".join(model_names)}')
+    defenses[name].check(values, where)
+    return {"name": name, "id": defense_id or name, "models": models or list(model_names), "params": values}
+
+
 def load_config(path: str | Path, seed: int | None = None) -> Config:
     """Parse and validate; every error names the file and the key path."""
     path = Path(path)
@@ -172,6 +209,12 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
     evaluation = ParamSet(EVALUATION_PARAMS).validate(raw.get("evaluation", {}), where.child("evaluation"))
     attacks = [validate_attack_config(a, where.child("attacks").child(i)) for i, a in enumerate(_list_of_tables(raw, "attacks", where))]
     _unique(attacks, "id", where, "attacks")
+    names = [m["name"] for m in models]
+    defenses = [validate_defense_config(d, where.child("defenses").child(i), names)
+                for i, d in enumerate(optional_tables(raw.get("defenses"), where.child("defenses")))]
+    _unique(defenses, "id", where, "defenses")
+    cache = ParamSet(CACHE_PARAMS).validate(raw.get("cache", {}), where.child("cache"))
+    execution = ParamSet(EXECUTION_PARAMS).validate(raw.get("execution", {}), where.child("execution"))
     gates = validate_gates_config(raw.get("gates"), where.child("gates"))
     history = ParamSet(HISTORY_PARAMS).validate(raw.get("history", {}), where.child("history"))
     checks = ParamSet(CHECKS_PARAMS).validate(raw.get("checks", {}), where.child("checks"))
@@ -189,8 +232,11 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
         models=models,
         evaluation=evaluation,
         attacks=attacks,
+        defenses=defenses,
         gates=gates,
         history=history,
+        cache=cache,
+        execution=execution,
         checks=checks,
         waivers=waivers,
         component=component,
@@ -208,6 +254,7 @@ def schema_markdown() -> str:
     from audit.models import COMMON_PARAMS as MODEL_COMMON
     from audit.models import KIND_PARAMS
     from audit.params import describe_params
+    from defenses import registry as defense_registry
 
     def table(params: tuple[Param, ...] | list[Param]) -> list[str]:
         if not params:
@@ -230,13 +277,19 @@ def schema_markdown() -> str:
         out += [f'#### `kind = "{kind}"`', "", *table(params)]
     out += ["### `[evaluation]`", "", *table(EVALUATION_PARAMS)]
     out += ["### `[[gates]]`", "", "Presets: " + ", ".join(f"`{k}` ({', '.join(f'{a} = {b}' for a, b in v.items())})" for k, v in PRESETS.items()) + ".", "",
-            *table(GATE_PARAMS), "### `[history]`", "", *table(HISTORY_PARAMS),
+            *table(GATE_PARAMS), "### `[history]`", "", *table(HISTORY_PARAMS), "### `[cache]`", "", *table(CACHE_PARAMS),
+            "### `[execution]`", "", "Where cells run; see docs/scale.md.", "", *table(EXECUTION_PARAMS),
             "### `[checks]`", "", "Evaluation sanity checks; see docs/checks.md.", "", *table(CHECKS_PARAMS),
             "### `[[waivers]]`", "", *table(WAIVER_PARAMS)]
     out += ["### `[[attacks]]`", "",
             "Every attack takes `name` (required) and `id` (its label in results; default: the name).", ""]
     for name, cls in registry().items():
         out += [f'#### `name = "{name}"`', "", cls.summary + ".", "", *table(cls.params)]
+    out += ["### `[[defenses]]`", "",
+            "Every defense takes `name` (required), `id` (its label in results; default: the name) and `models` "
+            "(the model names it applies to; default: all). The undefended variant `none` is always audited too.", ""]
+    for name, cls in defense_registry().items():
+        out += [f'#### `name = "{name}"` ({cls.stage})', "", cls.summary + ".", "", *table(cls.params)]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -120,8 +120,15 @@ def train(
     seed: int,
     progress: bool,
     label: str,
+    label_smoothing: float = 0.0,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    patience: int | None = None,
 ) -> float:
-    """Seeded mini-batch training with cross-entropy; returns wall seconds."""
+    """Seeded mini-batch training with cross-entropy; returns wall seconds.
+
+    With `validation` and `patience`, training stops once validation loss has not improved for
+    `patience` epochs and the best epoch's weights are restored (early stopping).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -135,10 +142,11 @@ def train(
         optimizer = torch.optim.SGD(
             module.parameters(), lr=cfg["learning_rate"], momentum=0.9, weight_decay=cfg["weight_decay"]
         )
-    loss_fn = torch.nn.CrossEntropyLoss()
-    module.train()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    best_loss, best_state, stale = float("inf"), None, 0
     batch = cfg["batch_size"]
     for _ in tqdm(range(cfg["epochs"]), desc=f"train {label}", unit="epoch", disable=not progress, leave=False):
+        module.train()
         order = torch.randperm(len(yt), generator=generator)
         for i in range(0, len(order), batch):
             idx = order[i : i + batch]
@@ -146,6 +154,20 @@ def train(
             loss = loss_fn(module(xt[idx]), yt[idx])
             loss.backward()
             optimizer.step()
+        if validation is None or patience is None:
+            continue
+        module.eval()
+        with torch.no_grad():
+            val_loss = float(torch.nn.functional.cross_entropy(module(torch.from_numpy(validation[0])), torch.from_numpy(validation[1])))
+        if val_loss < best_loss:
+            best_loss, stale = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
     module.eval()
     return time.perf_counter() - start
 
@@ -273,7 +295,7 @@ def detect_output(module: "torch.nn.Module", sample: np.ndarray, n_classes: int,
     return declared
 
 
-def _logits_view(module: "torch.nn.Module", log_of_probabilities: bool) -> "torch.nn.Module":
+def logits_view(module: "torch.nn.Module", log_of_probabilities: bool) -> "torch.nn.Module":
     """The model as attacks need it: float32 inputs (ART hands float64 under numpy 2) and logit-like outputs.
 
     Log-probabilities behave as logits for every loss and attack, so a probability model is wrapped in log.
@@ -295,7 +317,12 @@ def _logits_view(module: "torch.nn.Module", log_of_probabilities: bool) -> "torc
 
 @dataclass
 class Target:
-    """One model as attacks see it: a logits module plus its ART wrapper with the declared clip range."""
+    """One model as attacks see it: a logits module plus its ART wrapper with the declared clip range.
+
+    `gradient_module`, when set, is what white-box attacks differentiate instead of `module`: the
+    raw model behind an output post-processor, or the float twin of a quantized model. Outputs and
+    decisions are always measured on `module`.
+    """
 
     name: str
     defense: str
@@ -305,7 +332,12 @@ class Target:
     clip_values: tuple[float, float]
     output_kind: str
     digest: str
+    gradient_module: "torch.nn.Module | None" = None
     _classifier: Any = None
+
+    @property
+    def attack_module(self) -> "torch.nn.Module":
+        return self.module if self.gradient_module is None else self.gradient_module
 
     @property
     def art_classifier(self) -> Any:
@@ -314,7 +346,7 @@ class Target:
             from art.estimators.classification import PyTorchClassifier
 
             self._classifier = PyTorchClassifier(
-                model=self.module,
+                model=self.attack_module,
                 loss=torch.nn.CrossEntropyLoss(),
                 input_shape=self.input_shape,
                 nb_classes=self.n_classes,
@@ -338,32 +370,60 @@ class Target:
 
 def module_digest(module: "torch.nn.Module") -> str:
     h = hashlib.sha256()
-    for key, tensor in sorted(module.state_dict().items()):
+    for key, value in sorted(module.state_dict().items()):
         h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        for tensor in _tensors(value):
+            tensor = tensor.int_repr() if tensor.is_quantized else tensor
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
-def count_parameters(module: "torch.nn.Module") -> tuple[int, int]:
-    """(all parameters, non-zero parameters)."""
+def _tensors(value: Any) -> list["torch.Tensor"]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def model_size(module: "torch.nn.Module") -> tuple[int, int, int]:
+    """(serialized bytes, parameters, non-zero parameters) of the module as it would ship.
+
+    Quantized weights count by their int8 entries, so a quantized model shows its real size.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
     total = nonzero = 0
-    for tensor in module.state_dict().values():
-        if tensor.is_floating_point():
+    for value in module.state_dict().values():
+        for tensor in _tensors(value):
+            if tensor.is_quantized:
+                tensor = tensor.int_repr()
+            elif not tensor.is_floating_point() or tensor.dim() == 0:
+                continue
             total += tensor.numel()
             nonzero += int((tensor != 0).sum())
-    return total, nonzero
+    return len(buffer.getvalue()), total, nonzero
 
 
-def make_target(module: "torch.nn.Module", dataset: "Dataset", output_kind: str, name: str, defense: str = "none") -> Target:
+def make_target(module: "torch.nn.Module", dataset: "Dataset", output_kind: str, name: str, defense: str = "none",
+                gradient: "tuple[torch.nn.Module, str] | None" = None) -> Target:
+    """`gradient` is (module, its output kind) for white-box attacks to differentiate, when not `module` itself."""
     return Target(
         name=name,
         defense=defense,
-        module=_logits_view(module.eval(), output_kind == "probabilities"),
+        module=logits_view(module.eval(), output_kind == "probabilities"),
         input_shape=dataset.input_shape,
         n_classes=dataset.n_classes,
         clip_values=dataset.input_range,
         output_kind=output_kind,
         digest=module_digest(module),
+        gradient_module=None if gradient is None else logits_view(gradient[0].eval(), gradient[1] == "probabilities"),
     )
 
 
@@ -385,4 +445,5 @@ def expectation(target: Target, samples: int) -> Target:
     return Target(
         name=target.name, defense=target.defense, module=Expectation(target.module).eval(), input_shape=target.input_shape,
         n_classes=target.n_classes, clip_values=target.clip_values, output_kind=target.output_kind, digest=target.digest,
+        gradient_module=None if target.gradient_module is None else Expectation(target.gradient_module).eval(),
     )

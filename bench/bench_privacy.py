@@ -36,7 +36,7 @@ def build(epochs: int, seed: int) -> tuple[Any, Any, Any, Any]:
 
     from audit.data import load_dataset, split_dataset
     from audit.models import build_builtin, make_target, train
-    from audit.runner import trainer_for
+    from audit.session import trainer_for
 
     data_cfg = {
         "source": "idx", "images": str(MNIST / "t10k-images-idx3-ubyte.gz"), "labels": str(MNIST / "t10k-labels-idx1-ubyte.gz"),

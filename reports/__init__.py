@@ -24,6 +24,7 @@ def write_gate_outputs(result: AuditResult, out_dir: Path) -> dict[str, Path]:
 
 def write_outputs(result: AuditResult, out_dir: Path, lang: str = "en") -> dict[str, Path]:
     """Write every output of a run into `out_dir`; each file atomically, the report last."""
+    from reports.comparison import comparison_table, run_reference, write_comparison
     from reports.html import write_html
     from reports.tabular import write_csv, write_json
 
@@ -31,6 +32,7 @@ def write_outputs(result: AuditResult, out_dir: Path, lang: str = "en") -> dict[
     for key, arrays in result.artifacts.items():
         write_npz_atomic(out_dir / "artifacts" / f"{key}.npz", arrays)
     written = {"json": write_json(result, out_dir), "csv": write_csv(result, out_dir)}
+    written.update(write_comparison(comparison_table(result.table, result.metadata), out_dir, [run_reference(result.metadata)]))
     written.update(write_gate_outputs(result, out_dir))
     written["html"] = write_html(result, out_dir, lang)
     return written

@@ -15,6 +15,7 @@ import pandas as pd
 
 from audit.results import AuditResult
 from reports import figures
+from reports.queries import variant_label
 
 
 def _fmt_ci(row: pd.Series | None) -> str:
@@ -23,15 +24,15 @@ def _fmt_ci(row: pd.Series | None) -> str:
     return "–" if row is None else fmt_ci(row)
 
 
-def _cell_arrays(result: AuditResult) -> dict[tuple[str, str], dict[str, np.ndarray]]:
-    """Artifacts of each successful cell, by (model, attack id)."""
+def _cell_arrays(result: AuditResult) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
+    """Artifacts of each successful cell, by (model, defense, attack id)."""
     out = {}
     for cell in result.metadata.get("cells", []):
         if cell.get("status") != "ok" or "artifact" not in cell:
             continue
         arrays = result.artifacts.get(Path(cell["artifact"]).stem)
         if arrays is not None:
-            out[(cell["model"], cell["attack"])] = arrays
+            out[(cell["model"], cell.get("defense", "none"), cell["attack"])] = arrays
     return out
 
 
@@ -47,7 +48,8 @@ def _count(rows: pd.DataFrame, metric: str) -> str:
     return "–" if row is None else f"{int(row['value']):,}"
 
 
-def _membership(model: str, rows: pd.DataFrame, arrays: dict[tuple[str, str], dict[str, np.ndarray]], meta: dict[str, Any]) -> dict[str, Any] | None:
+def _membership(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple[str, str, str], dict[str, np.ndarray]],
+                meta: dict[str, Any]) -> dict[str, Any] | None:
     attacks = list(dict.fromkeys(rows[rows["metric"] == "auc"]["attack"]))
     if not attacks:
         return None
@@ -79,7 +81,7 @@ def _membership(model: str, rows: pd.DataFrame, arrays: dict[tuple[str, str], di
         )
         for _, r in cell[(cell["message"] != "") & (cell["metric"] != "tpr_at_fpr")].iterrows():
             notes.append(f"{attack}: {r['message']}")
-        found = arrays.get((model, attack))
+        found = arrays.get((*variant, attack))
         if found is None or "roc_fpr" not in found:
             continue
         curves.append((f"{attack} (AUC {auc['value']:.2f})", found["roc_fpr"], found["roc_tpr"]))
@@ -90,7 +92,7 @@ def _membership(model: str, rows: pd.DataFrame, arrays: dict[tuple[str, str], di
             best, best_auc = attack, auc["value"]
     exposed = None
     if best is not None:
-        found = arrays[(model, best)]
+        found = arrays[(*variant, best)]
         classes = meta["data"]["classes"]
         captions = [f"#{i} {classes[int(c)]} s={s:.3g}" for i, c, s in zip(found["exposed_index"], found["exposed_label"], found["exposed_score"])]
         exposed = {
@@ -104,13 +106,14 @@ def _membership(model: str, rows: pd.DataFrame, arrays: dict[tuple[str, str], di
         "fprs": [f"{a:g}" for a in fprs],
         "lines": lines,
         "notes": list(dict.fromkeys(notes)),
-        "roc": figures.roc_curves(curves, model) if curves else None,
-        "histograms": figures.score_histograms(panels, model) if panels else None,
+        "roc": figures.roc_curves(curves, variant_label(*variant)) if curves else None,
+        "histograms": figures.score_histograms(panels, variant_label(*variant)) if panels else None,
         "exposed": exposed,
     }
 
 
-def _inversion(model: str, rows: pd.DataFrame, arrays: dict[tuple[str, str], dict[str, np.ndarray]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+def _inversion(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple[str, str, str], dict[str, np.ndarray]],
+               meta: dict[str, Any]) -> list[dict[str, Any]]:
     panels = []
     classes = meta["data"]["classes"]
     for attack in dict.fromkeys(rows[rows["metric"] == "inversion_confidence"]["attack"]):
@@ -125,7 +128,7 @@ def _inversion(model: str, rows: pd.DataFrame, arrays: dict[tuple[str, str], dic
             measures.append(
                 {"label": label, "attack": _fmt_ci(_one(cell, metric, subset="all")), "baseline": _fmt_ci(_one(cell, metric, subset="baseline"))}
             )
-        found = arrays.get((model, attack))
+        found = arrays.get((*variant, attack))
         image = None
         if found is not None and meta["data"]["is_image"]:
             k = len(found["confidence"])
@@ -167,15 +170,15 @@ def build_confidentiality(result: AuditResult) -> dict[str, Any] | None:
     table = result.table[result.table["category"] == "confidentiality"]
     if table.empty:
         return None
-    errors = [{"model": r["model"], "attack": r["attack"], "message": r["message"]} for _, r in table[table["status"] == "error"].iterrows()]
+    errors = [{"model": variant_label(r["model"], r["defense"]), "attack": r["attack"], "message": r["message"]} for _, r in table[table["status"] == "error"].iterrows()]
     ok = table[table["status"] == "ok"]
     arrays = _cell_arrays(result)
     models = []
-    for model, rows in ok.groupby("model", sort=False):
+    for variant, rows in ok.groupby(["model", "defense"], sort=False):
         entry = {
-            "name": model,
-            "membership": _membership(model, rows, arrays, result.metadata),
-            "inversion": _inversion(model, rows, arrays, result.metadata),
+            "name": variant_label(*variant),
+            "membership": _membership(variant, rows, arrays, result.metadata),
+            "inversion": _inversion(variant, rows, arrays, result.metadata),
             "attribute": _attribute(rows),
         }
         if entry["membership"] or entry["inversion"] or entry["attribute"]:

@@ -3,14 +3,79 @@
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import io
-from typing import TYPE_CHECKING, Sequence
+import pickle
+import textwrap
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from audit.files import write_text_atomic
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+FIGURE_FORMAT = "kansa.figure/1"
+_STORE: ContextVar["_Store | None"] = ContextVar("figure_store", default=None)
+
+
+class _Store:
+    """Rendered figures of one run folder by content, so re-rendering an unchanged run draws nothing."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.used = folder, set()
+
+    def get(self, key: str, draw: Callable[[], str]) -> str:
+        self.used.add(key)
+        path = self.folder / f"{key}.txt"
+        if path.is_file():
+            return path.read_text(encoding="ascii")
+        uri = draw()
+        write_text_atomic(path, uri)
+        return uri
+
+    def prune(self) -> None:
+        for path in self.folder.glob("*.txt"):
+            if path.stem not in self.used:
+                path.unlink(missing_ok=True)
+
+
+@contextmanager
+def stored_in(folder: Path) -> Iterator[None]:
+    """Within this block, figures are read from (or saved to) `folder`; figures no longer drawn are removed at the end."""
+    store = _Store(folder)
+    token = _STORE.set(store)
+    try:
+        yield
+    finally:
+        _STORE.reset(token)
+    store.prune()
+
+
+F = TypeVar("F", bound=Callable[..., str])
+
+
+def _stored(draw: F) -> F:
+    """A figure is a pure function of its arguments: key it by their content (hashed, never unpickled)."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        store = _STORE.get()
+        if store is None:
+            return draw(*args, **kwargs)
+        import matplotlib
+
+        key = hashlib.sha256(pickle.dumps((FIGURE_FORMAT, matplotlib.__version__, draw.__name__, args, kwargs), protocol=5)).hexdigest()
+        return store.get(key[:32], lambda: draw(*args, **kwargs))
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _figure(width: float, height: float) -> "Figure":
@@ -25,6 +90,7 @@ def to_data_uri(fig: "Figure") -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+@_stored
 def robustness_curve(rows: pd.DataFrame, title: str) -> str:
     """Robust accuracy vs eps per attack, with the 95% interval as a band."""
     fig = _figure(5.2, 3.2)
@@ -42,6 +108,7 @@ def robustness_curve(rows: pd.DataFrame, title: str) -> str:
     return to_data_uri(fig)
 
 
+@_stored
 def class_heatmap(rows: pd.DataFrame, title: str) -> str:
     """Robust accuracy per class (rows) and attack / eps (columns), so a fragile class stands out."""
     columns = rows["attack"] + " " + rows["param_value"].map("{:g}".format)
@@ -59,6 +126,7 @@ def class_heatmap(rows: pd.DataFrame, title: str) -> str:
     return to_data_uri(fig)
 
 
+@_stored
 def distributions(series: dict[str, np.ndarray], xlabel: str) -> str:
     """Histograms of a per-sample quantity (e.g. the minimal adversarial perturbation), one per attack."""
     fig = _figure(5.2, 2.8)
@@ -82,6 +150,7 @@ def amplified(clean: np.ndarray, adversarial: np.ndarray, value_range: tuple[flo
     return (low + high) / 2 + delta / np.where(scale > 0, scale, 1.0) * (high - low) / 2
 
 
+@_stored
 def roc_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str) -> str:
     """Membership ROC curves on linear axes and on log-log axes, where the low-FPR regime that matters is visible."""
     fig = _figure(9.0, 3.6)
@@ -110,6 +179,7 @@ def roc_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str)
     return to_data_uri(fig)
 
 
+@_stored
 def score_histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str) -> str:
     """One panel per attack: its membership scores for members and non-members on shared bins."""
     k = len(panels)
@@ -135,27 +205,100 @@ def score_histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], title
     return to_data_uri(fig)
 
 
+@_stored
 def image_rows(
     rows: Sequence[tuple[str, np.ndarray, Sequence[str]]],
     value_range: tuple[float, float],
 ) -> str:
-    """A grid of images, one labelled row per set (e.g. reconstructions, start image, class means), captioned."""
+    """A grid of images, one labelled row per set (e.g. reconstructions, start image, class means), captioned.
+
+    The tiles are composed into one image on one axes: a grid of many small axes took half a
+    second per figure to lay out, and a report holds dozens of them.
+    """
     k = max(len(images) for _, images, _ in rows)
+    tiles = [[_tile(image) for image in images] for _, images, _ in rows]
+    h, w = next(t for row in tiles for t in row).shape[:2]
+    gap_x, gap_y = max(1, w // 8), max(2, h // 3)
+    channels = next(t for row in tiles for t in row).shape[2:]
+    canvas = np.full((len(rows) * (h + gap_y), k * (w + gap_x), *channels), np.nan)
+    for r, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            canvas[r * (h + gap_y) + gap_y : (r + 1) * (h + gap_y), j * (w + gap_x) : j * (w + gap_x) + w] = tile
     fig = _figure(1.15 * k + 0.6, 1.35 * len(rows))
-    axes = fig.subplots(len(rows), k, squeeze=False)
+    fig.set_layout_engine("none")
+    ax = fig.add_axes((0.6 / (1.15 * k + 0.6), 0.0, 1.0 - 0.6 / (1.15 * k + 0.6), 1.0))
+    ax.set_axis_off()
     low, high = value_range
+    shown = np.ma.masked_invalid(canvas)
+    if channels:
+        shown = np.clip((canvas - low) / (high - low), 0, 1)
+        shown[np.isnan(shown)] = 1.0
+    import matplotlib
+
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    ax.imshow(shown, cmap=cmap, vmin=low, vmax=high, interpolation="nearest", aspect="auto")
     for r, (label, images, captions) in enumerate(rows):
-        for j in range(k):
-            ax = axes[r][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j >= len(images):
-                ax.set_visible(False)
-                continue
-            image = images[j]
-            if image.ndim == 3 and image.shape[0] in (1, 3):
-                image = np.moveaxis(image, 0, -1)
-            ax.imshow(image.squeeze(), cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-            ax.set_title(captions[j], fontsize=7)
-        axes[r][0].set_ylabel(label, fontsize=8)
+        top = r * (h + gap_y)
+        ax.text(-gap_x, top + gap_y + h / 2, textwrap.fill(label, 14), rotation=90, ha="right", va="center", fontsize=8,
+                multialignment="center", clip_on=False)
+        for j, caption in enumerate(captions[: len(images)]):
+            ax.text(j * (w + gap_x) + w / 2, top + gap_y - 0.5, caption, ha="center", va="bottom", fontsize=7)
+    return to_data_uri(fig)
+
+
+def _tile(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim == 3 and image.shape[0] in (1, 3):
+        image = np.moveaxis(image, 0, -1)
+    return image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+
+
+def _plain(text: str) -> str:
+    """User text drawn as typed: a `$` in a model name must not switch matplotlib into math mode."""
+    return text.replace("$", r"\$")
+
+
+@_stored
+def trade_off(
+    labels: Sequence[str],
+    clean: np.ndarray,
+    robust: np.ndarray,
+    leakage: np.ndarray | None,
+    front: np.ndarray,
+    frontier: np.ndarray,
+    robust_label: str,
+    leakage_label: str,
+    front_label: str,
+) -> str:
+    """Clean vs robust accuracy per variant, coloured by privacy leakage, with the Pareto front ringed.
+
+    `front` (ringed) may count privacy too, and then does not lie on one curve in this plane; the
+    dashed line joins `frontier`, the variants no other beats on both plotted accuracies.
+    Variants without a leakage value are drawn hollow rather than given a colour.
+    """
+    fig = _figure(6.4, 4.4)
+    ax = fig.add_subplot()
+    if frontier.any():
+        order = np.lexsort((-robust[frontier], clean[frontier]))
+        ax.plot(clean[frontier][order], robust[frontier][order], color="tab:red", linestyle="--", linewidth=1.1, zorder=1,
+                label="clean / robust frontier")
+    if front.any():
+        ax.scatter(clean[front], robust[front], s=190, facecolors="none", edgecolors="tab:red", linewidths=1.6, zorder=2, label=front_label)
+    known = np.zeros(len(clean), dtype=bool) if leakage is None else np.isfinite(leakage)
+    if known.any():
+        points = ax.scatter(clean[known], robust[known], c=leakage[known], cmap="viridis_r", s=70, edgecolors="black", linewidths=0.6, zorder=3)
+        fig.colorbar(points, ax=ax, fraction=0.05, label=leakage_label)
+    if (~known).any():
+        ax.scatter(clean[~known], robust[~known], s=70, facecolors="white", edgecolors="black", linewidths=0.8, zorder=3,
+                   label="no membership result" if leakage is not None else None)
+    for label, x, y in zip(labels, clean, robust):
+        ax.annotate(_plain(label), (x, y), xytext=(6, 5), textcoords="offset points", fontsize=7)
+    ax.set_xlim(max(0.0, float(clean.min()) - 0.05), 1.02)
+    ax.set_ylim(-0.02, min(1.02, float(robust.max()) + 0.1))
+    ax.set_xlabel("clean accuracy (test)")
+    ax.set_ylabel(_plain(robust_label))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    ax.set_title("trade-off: each point is a model / defense", fontsize=10)
     return to_data_uri(fig)

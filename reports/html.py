@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -20,8 +20,11 @@ from audit.gates import overall_verdict
 from audit.results import AuditResult
 from reports import figures
 from reports.junit import case_name
-from reports.queries import headline
+from reports.queries import headline, variant_label
 from reports.scorecard import CHARACTERISTICS, Run, build_run, gate_characteristic, traffic_light
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -119,7 +122,7 @@ def _c1(run: Run) -> dict[str, Any]:
     table = run.table[run.table["category"] == "performance"]
     classes = run.meta["data"]["classes"]
     models = []
-    for model, rows in table.groupby("model", sort=False):
+    for (model, defense), rows in table.groupby(["model", "defense"], sort=False):
         accuracy = [{"split": r["subset"].split("=", 1)[1], "value": fmt_ci(r), "n": r["n"]} for _, r in rows[rows["metric"] == "accuracy"].iterrows()]
         per_class = []
         for name in classes:
@@ -128,7 +131,7 @@ def _c1(run: Run) -> dict[str, Any]:
         counts = {r["subset"]: int(r["value"]) for _, r in rows[rows["metric"] == "confusion"].iterrows()}
         peak = max(counts.values(), default=1) or 1
         matrix = [[{"count": counts[f"true={a};pred={b}"], "shade": round(counts[f"true={a};pred={b}"] / peak, 3)} for b in classes] for a in classes]
-        models.append({"name": model, "accuracy": accuracy, "per_class": per_class, "classes": classes, "matrix": matrix})
+        models.append({"name": variant_label(model, defense), "accuracy": accuracy, "per_class": per_class, "classes": classes, "matrix": matrix})
     return _characteristic(run, "C-1", {"models": models})
 
 
@@ -153,33 +156,33 @@ def _robustness_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return lines
 
 
-def _cell_arrays(run: Run, model: str) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """(cell, saved arrays) for every successful cell of a model whose artifacts are present."""
+def _cell_arrays(run: Run, model: str, defense: str) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """(cell, saved arrays) for every successful cell of a model variant whose artifacts are present."""
     found = []
     for cell in run.meta["cells"]:
-        if cell["model"] == model and cell["status"] == "ok":
+        if cell["model"] == model and cell.get("defense", "none") == defense and cell["status"] == "ok":
             arrays = run.result.artifacts.get(Path(cell.get("artifact", "")).stem)
             if arrays is not None:
                 found.append((cell, arrays))
     return found
 
 
-def _min_perturbations(run: Run, model: str) -> str | None:
+def _min_perturbations(run: Run, model: str, defense: str) -> str | None:
     series = {}
-    for cell, arrays in _cell_arrays(run, model):
+    for cell, arrays in _cell_arrays(run, model, defense):
         if "sample/min_perturbation" in arrays:
             values = arrays["sample/min_perturbation"]
             series[cell["attack"]] = values[np.isfinite(values) & (values > 0)]
     return figures.distributions(series, "minimal perturbation") if series else None
 
 
-def _gallery(run: Run, model: str) -> list[dict[str, str]]:
+def _gallery(run: Run, model: str, defense: str) -> list[dict[str, str]]:
     if not run.meta["data"]["is_image"]:
         return []
     classes = run.meta["data"]["classes"]
     value_range = tuple(run.meta["data"]["input_range"])
     panels = []
-    for cell, arrays in _cell_arrays(run, model):
+    for cell, arrays in _cell_arrays(run, model, defense):
         if "x_adv" not in arrays or len(arrays["index"]) == 0:
             continue
         pick = len(arrays["eps"]) // 2
@@ -198,8 +201,9 @@ def _gallery(run: Run, model: str) -> list[dict[str, str]]:
     return panels
 
 
-def _sanity_rows(run: Run, model: str) -> list[dict[str, str]]:
-    rows = run.table[(run.table["category"] == "sanity") & (run.table["model"] == model)]
+def _sanity_rows(run: Run, model: str, defense: str) -> list[dict[str, str]]:
+    table = run.table
+    rows = table[(table["category"] == "sanity") & (table["model"] == model) & (table["defense"] == defense)]
     out = []
     for _, r in rows.iterrows():
         if r["metric"] == "noise_robust_accuracy":
@@ -215,19 +219,20 @@ def _sanity_rows(run: Run, model: str) -> list[dict[str, str]]:
 def _c2(run: Run) -> dict[str, Any]:
     table = run.table[(run.table["category"] == "integrity") & (run.table["status"] == "ok")]
     models = []
-    for model, rows in table.groupby("model", sort=False):
+    for (model, defense), rows in table.groupby(["model", "defense"], sort=False):
+        name = variant_label(model, defense)
         overall = rows[(rows["subset"] == "all") & (rows["metric"] == "robust_accuracy")]
         per_class = rows[(rows["metric"] == "robust_accuracy") & (rows["subset"] != "all")]
         minimal = rows[rows["metric"].str.startswith("median_min_perturbation") | (rows["metric"] == "success_rate_unbounded")]
         models.append({
-            "name": model,
-            "curve": figures.robustness_curve(overall, f"{model}: robust accuracy vs eps") if len(overall) else None,
-            "heatmap": figures.class_heatmap(per_class, f"{model}: robust accuracy per class") if len(per_class) else None,
+            "name": name,
+            "curve": figures.robustness_curve(overall, f"{name}: robust accuracy vs eps") if len(overall) else None,
+            "heatmap": figures.class_heatmap(per_class, f"{name}: robust accuracy per class") if len(per_class) else None,
             "lines": _robustness_lines(rows),
             "min_norm": [{"attack": r["attack"], "metric": r["metric"], "value": fmt_ci(r), "n": int(r["n"])} for _, r in minimal.iterrows()],
-            "min_figure": _min_perturbations(run, model),
-            "gallery": _gallery(run, model),
-            "sanity": _sanity_rows(run, model),
+            "min_figure": _min_perturbations(run, model, defense),
+            "gallery": _gallery(run, model, defense),
+            "sanity": _sanity_rows(run, model, defense),
         })
     return _characteristic(run, "C-2", {"models": models})
 
@@ -236,9 +241,10 @@ def _d1(run: Run) -> dict[str, Any]:
     meta = run.meta
     return _characteristic(run, "D-1", {
         "versions": meta["versions"],
-        "hashes": {"config": meta["config_sha256"], "data": meta["data"]["sha256"], **{f"model {m['name']}": m["sha256"] for m in meta["models"]}},
+        "hashes": {"config": meta["config_sha256"], "data": meta["data"]["sha256"], **{f"model {m['name']}": m["sha256"] for m in meta["models"]},
+                   **{f"model {variant_label(v['model'], v['defense'])}": v["sha256"] for v in meta.get("variants", [])}},
         "models": meta["models"],
-        "cells": [{**c, "seconds": fmt(c["seconds"], 2)} for c in meta["cells"]],
+        "cells": [{**c, "model": variant_label(c["model"], c.get("defense", "none")), "seconds": fmt(c["seconds"], 2)} for c in meta["cells"]],
         "machine": meta["machine"],
         "seeds": meta.get("seeds", {}),
         "wall": fmt(meta["wall_seconds"], 1),
@@ -262,6 +268,14 @@ def _security(run: Run) -> dict[str, Any]:
     })
 
 
+def _defenses(run: Run) -> dict[str, Any] | None:
+    """The trade-off between the defended variants, omitted when every model was audited only as trained."""
+    from reports.comparison import comparison_context, comparison_table, has_defenses
+
+    comparison = comparison_table(run.table, run.meta)
+    return comparison_context(comparison, run.t) if has_defenses(comparison) else None
+
+
 def _diagnostics(run: Run) -> dict[str, Any]:
     table = run.table
     errors = table[table["status"] == "error"]
@@ -279,7 +293,8 @@ def _diagnostics(run: Run) -> dict[str, Any]:
     if not run.has("sanity"):
         limitations.append(run.t("lim_no_checks"))
     return {
-        "errors": [{"model": r["model"], "attack": r["attack"], "message": r["message"]} for _, r in errors.iterrows()],
+        "errors": [{"model": variant_label(r["model"], r["defense"]), "attack": r["attack"] or "(defense)", "message": r["message"]}
+                   for _, r in errors.iterrows()],
         "notes": [{"metric": r["metric"], "subset": r["subset"], "message": r["message"]} for _, r in notes.iterrows()],
         "limitations": limitations,
     }
@@ -293,25 +308,45 @@ SECTIONS: list[tuple[str, Callable[[Run], dict[str, Any] | None]]] = [
     ("scorecard", _scorecard),
     ("A-1", _a1), ("A-2", _a2), ("B-1", _b1), ("B-2", _b2), ("B-3", _b3),
     ("C-1", _c1), ("C-2", _c2), ("D-1", _d1), ("E-1", _e1), ("S", _security),
+    ("defenses", _defenses),
     ("diagnostics", _diagnostics),
     ("appendix", _appendix),
 ]
 
+# Sections that are not a guideline characteristic: their own template, no checklist.
+PLAIN_SECTIONS = ("scorecard", "defenses", "diagnostics", "appendix")
 
-def render_html(result: AuditResult, lang: str = "en") -> str:
+
+def _environment() -> "Environment":
+    """Every template renders with autoescaping: names and messages in the table are user text."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+
+
+def render_html(result: AuditResult, lang: str = "en") -> str:
     run = build_run(result, lang)
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+    env = _environment()
     sections = []
     for key, build in SECTIONS:
         context = build(run)
         if context is not None:
-            template = f"sections/{key if key in ('scorecard', 'diagnostics', 'appendix') else 'characteristic'}.html.j2"
+            template = f"sections/{key if key in PLAIN_SECTIONS else 'characteristic'}.html.j2"
             sections.append({"id": key, "title": run.t(key), "template": template, "ctx": context,
                              "body": f"sections/{key}.html.j2"})
     return env.get_template("report.html.j2").render(
         meta=result.metadata, sections=sections, t=run.t, lang=lang, cover=_cover(run)
+    )
+
+
+def render_comparison_html(comparison: pd.DataFrame, runs: list[dict[str, Any]], lang: str = "en", robust: str | None = None) -> str:
+    """comparison.html of `kansa compare`: the runs it read, then the same trade-off section as the report."""
+    from reports.comparison import comparison_context
+    from reports.i18n import translator
+
+    t = translator(lang)
+    return _environment().get_template("comparison.html.j2").render(
+        ctx=comparison_context(comparison, t, robust), runs=runs, t=t, lang=lang
     )
 
 
@@ -321,5 +356,6 @@ def report_name(lang: str) -> str:
 
 def write_html(result: AuditResult, out_dir: Path, lang: str = "en") -> Path:
     path = out_dir / report_name(lang)
-    write_text_atomic(path, render_html(result, lang))
+    with figures.stored_in(out_dir / "figures"):
+        write_text_atomic(path, render_html(result, lang))
     return path

@@ -13,7 +13,7 @@ from audit.files import write_text_atomic
 from audit.gates import FAIL, INCONCLUSIVE, PASS, SEVERITY, overall_verdict
 from audit.results import AuditResult
 from reports.junit import case_name
-from reports.queries import headline
+from reports.queries import headline, variant_label
 from reports.scorecard import CHARACTERISTICS, build_run, traffic_light
 
 LIGHTS = {"red": "🔴", "amber": "🟠", "grey": "⚪", "green": "🟢"}
@@ -49,8 +49,9 @@ def summary_markdown(result: AuditResult) -> str:
         lines.append("")
     errors = table[table["status"] == "error"]
     if not errors.empty:
-        lines += ["### Failed attack cells", ""]
-        lines += [f"- {escape(r['model'])} / {escape(r['attack'])}: {escape(r['message'])}" for _, r in errors.iterrows()]
+        lines += ["### Failed attack cells and defenses", ""]
+        lines += [f"- {escape(variant_label(r['model'], r['defense']))} / {escape(r['attack'] or '(defense)')}: {escape(r['message'])}"
+                  for _, r in errors.iterrows()]
         lines.append("")
     models = headline(table)
     if models:
@@ -61,7 +62,44 @@ def summary_markdown(result: AuditResult) -> str:
             low = f"{worst['value']:.3f}" if worst is not None else "–"
             lines.append(f"| {escape(item['model'])} | {clean['value']:.3f} [{clean['ci_low']:.3f}, {clean['ci_high']:.3f}] | {low} | {at} |")
         lines.append("")
+    lines += _trade_offs(result)
     return "\n".join(lines)
+
+
+def _trade_offs(result: AuditResult) -> list[str]:
+    """The defended variants against their baselines (the headline columns of comparison.csv), when there are any."""
+    from reports.comparison import (
+        CLEAN,
+        MIA_AUC,
+        MIA_AUC_ATTACK,
+        comparison_table,
+        delta_text,
+        format_value,
+        front_text,
+        has_defenses,
+        pareto_front,
+        resolve_axes,
+        row_label,
+    )
+    from reports.i18n import translator
+
+    comparison = comparison_table(result.table, result.metadata)
+    if not has_defenses(comparison):
+        return []
+    t = translator("en")
+    axes = resolve_axes(comparison)
+    front = pareto_front(comparison, axes.robust, axes.privacy)
+    columns = [c for c in (CLEAN, axes.robust, MIA_AUC, "size_bytes", "inference_ms_per_sample") if c and comparison[c].notna().any()]
+    lines = ["### Defenses and trade-offs", "", "| model | defense | " + " | ".join(escape(row_label(c, t)) for c in columns) + " | Pareto front |",
+             "| --- | --- | " + "--- | " * len(columns) + "--- |"]
+    for index, row in comparison.iterrows():
+        cells = []
+        for column in columns:
+            notes = [text for text in (delta_text(row, column, t), escape(row[MIA_AUC_ATTACK]) if column == MIA_AUC else "") if text]
+            cells.append(format_value(column, row[column]) + (f" ({'; '.join(notes)})" if notes else ""))
+        lines.append(f"| {escape(row['model'])} | {escape(row['defense'])} | " + " | ".join(cells) + f" | {front_text(front.loc[index], t)} |")
+    lines += ["", "Changes are against the same model's `none` variant; every number is in comparison.csv.", ""]
+    return lines
 
 
 def write_summary(result: AuditResult, out_dir: Path) -> Path:

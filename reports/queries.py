@@ -7,12 +7,18 @@ from typing import Any
 import pandas as pd
 
 
+def variant_label(model: str, defense: str) -> str:
+    """How a model variant is named in the report: the model alone as trained, `model / defense` when defended."""
+    return model if defense == "none" else f"{model} / {defense}"
+
+
 def headline(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per model: its test accuracy row and its lowest robust-accuracy row (None when no attack succeeded)."""
+    """Per model variant: its test accuracy row and its lowest robust-accuracy row (None when no attack succeeded)."""
     accuracy = table[(table["metric"] == "accuracy") & (table["subset"] == "split=test")]
     robust = table[(table["metric"] == "robust_accuracy") & (table["subset"] == "all") & (table["status"] == "ok")]
     out = []
     for _, row in accuracy.iterrows():
-        worst = robust[robust["model"] == row["model"]].sort_values("value", kind="stable").head(1)
-        out.append({"model": row["model"], "clean": row, "worst": worst.iloc[0] if len(worst) else None})
+        mine = robust[(robust["model"] == row["model"]) & (robust["defense"] == row["defense"])]
+        worst = mine.sort_values("value", kind="stable").head(1)
+        out.append({"model": variant_label(row["model"], row["defense"]), "clean": row, "worst": worst.iloc[0] if len(worst) else None})
     return out

@@ -12,8 +12,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def _history_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
-    """Runs record history; keep the tests' records out of the working directory."""
+    """Runs record history and cache weights; keep both out of the working directory."""
     os.environ["KANSA_HISTORY"] = str(tmp_path_factory.mktemp("history") / "history.sqlite")
+    os.environ["KANSA_CACHE"] = str(tmp_path_factory.mktemp("weights"))
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 MNIST_DIR = SHARED / "data" / "mnist"

@@ -27,7 +27,7 @@ class Trained:
     model_cfg: dict[str, Any]
 
     def context(self, seed: int = 7, trainer: Any = "default") -> AttackContext:
-        from audit.runner import trainer_for
+        from audit.session import trainer_for
 
         chosen = trainer_for(self.model_cfg, self.dataset) if trainer == "default" else trainer
         return AttackContext(seed, self.dataset.class_names, self.dataset, self.splits, chosen)

@@ -110,7 +110,7 @@ def test_an_output_folder_of_another_run_is_not_overwritten_without_force(tmp_pa
     stranger = tmp_path / "stranger"
     write(stranger / "notes.txt", "mine")
     assert main(["run", str(first), "--out", str(stranger), "--quiet", "--no-history"]) == 2
-    assert "holds files that are not a complete Kansa run" in capsys.readouterr().err
+    assert "holds files that are not a Kansa run" in capsys.readouterr().err
     assert main(["run", str(other), "--out", out, "--quiet", "--no-history", "--force"]) == 0
 
 

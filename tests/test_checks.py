@@ -74,7 +74,7 @@ def test_convergence_check_on_a_synthetic_attack(monkeypatch):
     import attacks
 
     registry()
-    monkeypatch.setitem(attacks._REGISTRY, _SlowAttack.name, _SlowAttack)
+    monkeypatch.setitem(attacks.ATTACKS._members, _SlowAttack.name, _SlowAttack)
     x, y = np.ones((200, 3), np.float32), np.zeros(200, np.int64)
     for steps, expected in ((20, 0.0), (2, 1.0)):  # 20 steps: saturated; 2 steps: 2 flips, then 8 with more budget
         attack = _SlowAttack(eps=0.5, steps=steps, random_starts=1)
@@ -199,7 +199,7 @@ def test_repeats_report_mean_and_spread_for_randomised_attacks_only(tmp_path):
 
 
 def test_repeated_rows_carry_the_mean_the_mean_interval_and_the_spread():
-    from audit.runner import mean_over_repeats
+    from audit.cells import mean_over_repeats
 
     runs = [[rate_row("robust_accuracy", k, 100, param="eps", param_value=0.1)] for k in (50, 54, 58)]
     (row,) = mean_over_repeats(runs)

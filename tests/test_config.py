@@ -85,7 +85,7 @@ def test_defaults_are_filled_and_seed_override(small_config):
     assert config.seed == 11
     assert config.data["split"] == [0.6, 0.2, 0.2]
     fgsm = config.attacks[0]
-    assert fgsm == {"name": "fgsm", "id": "fgsm", "params": {"eps": [0.05, 0.1, 0.2], "norm": "inf", "batch_size": 128}}
+    assert fgsm == {"name": "fgsm", "id": "fgsm", "params": {"eps": [0.05, 0.1, 0.2], "norm": "inf", "batch_size": 128, "backend": "torch"}}
     assert config.attacks[1]["params"]["steps"] == 10
 
 

@@ -156,7 +156,7 @@ def test_an_errored_attack_run_exits_inconclusive(tmp_path, monkeypatch, capsys)
     from tests.test_attacks import Exploding
 
     attacks.registry()
-    monkeypatch.setitem(attacks._REGISTRY, Exploding.name, Exploding)
+    monkeypatch.setitem(attacks.ATTACKS._members, Exploding.name, Exploding)
     text = SMALL_AUDIT.replace("epochs = 15", "epochs = 2").replace("samples = 200", "samples = 40")
     text += '\n[[attacks]]\nname = "exploding-test-attack"\n\n[[gates]]\nmetric = "robust_accuracy"\nthreshold = 0.0\n'
     code = main(["run", str(write(tmp_path / "a.toml", text)), "--out", str(tmp_path / "o"), "--quiet"])
@@ -164,7 +164,7 @@ def test_an_errored_attack_run_exits_inconclusive(tmp_path, monkeypatch, capsys)
     captured = capsys.readouterr()
     assert "INCONCLUSIVE" in captured.out and "exploding-test-attack on cnn errored" in captured.out
     assert "cnn/none/ensemble at=0.1" in captured.out  # the default gate target: the worst case over all attacks
-    assert "1 of 3 attack cells failed" in captured.err
+    assert "1 failed (cnn/exploding-test-attack) of 3 attack cells" in captured.err
 
 
 def test_history_survives_runs_and_supplies_the_last_passing_baseline(tmp_path, capsys):

@@ -182,7 +182,7 @@ def _rows_of(dataset, indices) -> set[bytes]:
 
 
 def test_reference_and_shadow_models_never_train_on_the_evaluation_sets_offline(overfit):
-    from audit.runner import trainer_for
+    from audit.session import trainer_for
 
     clear_reference_cache()
     seen: list[np.ndarray] = []

@@ -1,0 +1,210 @@
+"""Cells: the independent units of an audit's work, their content keys, and the journal that makes runs resumable.
+
+A run is planned as stages of tasks: train the models, build the defended variants, run every
+(model, variant, attack) cell, then finish each variant (per-sample worst case and sanity checks).
+A task is plain data, so an executor can run it in this process or on a Ray worker. Each finished
+cell is journaled in the run folder under its content key; a run started again skips every cell
+whose key is already there, so a changed config re-runs only the cells it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, table_checks
+from audit.config import Config
+from audit.errors import describe_exception
+from audit.files import write_npz_atomic
+from audit.results import count_row, error_row, make_table
+from audit.session import AuditSession, derive_seed, seed_everything, session_for
+
+CELL_FORMAT = "kansa.cell/1"
+JOURNAL = "cells"
+JOURNAL_OWNER = "run.json"
+
+
+@dataclass
+class Task:
+    """One unit of work: `kind` is model, variant, attack or finish."""
+
+    kind: str
+    config: Config
+    cache_root: Path | None
+    model: str
+    defense: str = ""
+    attack: str = ""
+    key: str = ""
+    quiet: bool = True
+    inputs: list["CellResult"] = field(default_factory=list)
+
+
+@dataclass
+class CellResult:
+    """What a cell measured: rows (without model/defense columns), per-sample arrays and artifacts, and its record."""
+
+    key: str
+    record: dict[str, Any]
+    rows: list[dict[str, Any]]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    trained: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    resumed: bool = False
+
+    @property
+    def per_sample(self) -> dict[str, np.ndarray]:
+        return {k.removeprefix("sample/"): v for k, v in self.arrays.items() if k.startswith("sample/")}
+
+
+def content_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps([CELL_FORMAT, *parts], sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:40] or "x"
+
+
+def journal_path(out_dir: Path, key: str) -> Path:
+    return out_dir / JOURNAL / f"{key}.npz"
+
+
+def save_cell(out_dir: Path, cell: CellResult) -> None:
+    meta = json.dumps({"format": CELL_FORMAT, "record": cell.record, "rows": cell.rows})
+    write_npz_atomic(journal_path(out_dir, cell.key), {**cell.arrays, "__cell__": np.array(meta)})
+
+
+def load_cell(out_dir: Path, key: str) -> CellResult | None:
+    """The journaled cell, or None when absent or unreadable (it is then simply run again)."""
+    path = journal_path(out_dir, key)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        meta = json.loads(str(arrays.pop("__cell__")))
+        if meta.get("format") != CELL_FORMAT:
+            return None
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+    return CellResult(key, meta["record"], meta["rows"], arrays, resumed=True)
+
+
+def execute(task: Task) -> Any:
+    """Run one task in this process (the local executor calls it directly, the Ray executor remotely)."""
+    session = session_for(task.config, task.cache_root, task.quiet)
+    trained, reused = len(session.cache.trained), len(session.cache.reused)
+    if task.kind == "model":
+        session.model(task.model)
+        result: Any = None
+    elif task.kind == "variant":
+        variant = session.variant(task.model, task.defense)
+        result = (variant.rows, variant.target.digest if variant.target is not None else None, variant.cached)
+    elif task.kind == "attack":
+        result = run_attack_cell(session, task)
+    elif task.kind == "finish":
+        result = finish_variant(session, task)
+    else:
+        raise ValueError(f"unknown task kind {task.kind!r}")
+    return result, session.cache.trained[trained:], session.cache.reused[reused:]
+
+
+def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
+    """One attack on one variant, repeated with other seeds when it is randomised; an error becomes a row."""
+    from attacks import registry
+    from attacks.base import AttackContext
+
+    config = session.config
+    attack_cfg = next(a for a in config.attacks if a["id"] == task.attack)
+    attack = registry()[attack_cfg["name"]](**attack_cfg["params"])
+    variant = session.variant(task.model, task.defense)
+    where = {"attack": task.attack, "category": attack.category}
+    cell_seed = derive_seed(config.seed, "attack", task.model, task.defense, task.attack)
+    repeats = config.evaluation["repeats"] if attack.randomized else 1
+    record: dict[str, Any] = {"model": task.model, "defense": task.defense, "attack": task.attack, "seed": cell_seed}
+    session.progress.say(f"attacking {'/'.join(variant.labels)} with {task.attack} on {len(session.eval_idx)} samples"
+                         + (f" ({repeats} repeats)" if repeats > 1 else ""))
+    start = time.perf_counter()
+    runs = []
+    try:
+        for repeat in range(repeats):
+            seed = cell_seed if repeat == 0 else derive_seed(cell_seed, f"repeat{repeat}")
+            seed_everything(seed)
+            context = AttackContext(seed, session.dataset.class_names, session.dataset, session.splits, session.trainer(task.model))
+            runs.append(attack.run(variant.target, session.x_eval, session.y_eval, context))
+    except Exception as exc:  # one failing attack must not lose the rest of the audit
+        message = describe_exception(exc, limit=500)
+        session.progress.say(f"attack {task.attack} on {'/'.join(variant.labels)} failed: {message}")
+        record.update(seconds=time.perf_counter() - start, status="error", message=message)
+        return CellResult(task.key, record, [error_row(message, **where)])
+    seconds = time.perf_counter() - start
+    output = runs[0]
+    metric_rows = output.rows if repeats == 1 else mean_over_repeats([run.rows for run in runs])
+    artifact = f"{slug(task.model)}-{slug(task.defense)}-{slug(task.attack)}-{task.key[:8]}"
+    record.update(repeats=repeats, seconds=seconds, status="ok", artifact=f"artifacts/{artifact}.npz")
+    rows = [{**row, **where} for row in metric_rows] + [count_row("attack_seconds", seconds, category="cost", attack=task.attack)]
+    arrays = {**output.artifacts, **{f"sample/{k}": v for k, v in output.per_sample.items()}}
+    return CellResult(task.key, record, rows, arrays)
+
+
+def mean_over_repeats(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of several seeds of one attack: the mean value and interval, and the standard deviation across seeds."""
+    merged = []
+    for versions in zip(*repeats, strict=True):
+        values = np.array([v.get("value", np.nan) for v in versions], dtype=np.float64)
+        merged.append({
+            **versions[0],
+            "value": float(values.mean()),
+            "ci_low": float(np.mean([v.get("ci_low", np.nan) for v in versions])),
+            "ci_high": float(np.mean([v.get("ci_high", np.nan) for v in versions])),
+            "std": float(values.std(ddof=1)),
+        })
+    return merged
+
+
+def finish_variant(session: AuditSession, task: Task) -> CellResult:
+    """The per-sample worst case over the variant's integrity attacks, and the sanity checks that judge them."""
+    from attacks import registry
+    from attacks.base import AttackOutput, ensemble_rows
+
+    config = session.config
+    variant = session.variant(task.model, task.defense)
+    attacks, outputs, rows = {}, {}, []
+    for cell in task.inputs:
+        attack_id = cell.record["attack"]
+        attack_cfg = next(a for a in config.attacks if a["id"] == attack_id)
+        attack = registry()[attack_cfg["name"]](**attack_cfg["params"])
+        rows += cell.rows
+        if cell.record["status"] == "ok" and attack.category == "integrity":
+            attacks[attack_id] = attack
+            outputs[attack_id] = (attack.norm, AttackOutput(cell.rows, cell.per_sample))
+    record = {"model": task.model, "defense": task.defense, "attack": "", "status": "ok"}
+    if not outputs:
+        return CellResult(task.key, record, [])
+    finished = [{**row, "category": "integrity"} for row in ensemble_rows(outputs, session.y_eval, session.dataset.class_names)]
+    sanity: list[dict[str, Any]] = []
+    if config.checks["enabled"]:
+        where = {"model": task.model, "defense": task.defense}
+        table = make_table([{**r, **where} for r in rows + finished])
+        session.progress.say(f"sanity checks on {'/'.join(variant.labels)}")
+        seed = derive_seed(config.seed, "checks", *variant.labels, "results")
+        seed_everything(seed)
+        target, x, y = variant.target, session.x_eval, session.y_eval
+        sanity = [
+            *table_checks(table, attacks),
+            *probe_noise(target, x, y, table, attacks, seed),
+            probe_large_eps(target, x, y, session.dataset.n_classes),
+            *probe_convergence(target, x, y, table, attacks),
+        ]
+    return CellResult(task.key, record, finished + variant.probes + sanity)
+
+
+def waived(rows: list[dict[str, Any]], model: str, config: Config) -> list[dict[str, Any]]:
+    """Waivers are applied when results are assembled, so editing one never re-runs a cell."""
+    return [apply_waivers([row], model, config.waivers)[0] if row.get("category") == "sanity" else row for row in rows]

@@ -1,0 +1,331 @@
+"""One audit's shared state: data, splits, the attacked samples, models and their defended variants.
+
+Built lazily and memoised per process, so the local executor builds each piece once and a Ray
+worker rebuilds only what its cells need (trained weights come from the content cache; nothing
+trains twice).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from audit.cache import WeightCache, array_digest
+from audit.checks import RANDOMIZED, flag, probe_gradients, probe_randomness
+from audit.config import UNDEFENDED, Config
+from audit.data import Dataset, Splits, load_dataset, split_dataset
+from audit.errors import describe_exception
+from audit.models import (
+    Target,
+    build_builtin,
+    detect_output,
+    expectation,
+    load_user_model,
+    make_target,
+    model_size,
+    module_digest,
+    train,
+    validate_model_config,
+)
+from audit.params import Location
+from audit.results import count_row, error_row, rate_row
+from defenses.base import Defended, DefenseContext
+
+if TYPE_CHECKING:
+    import torch
+
+
+def derive_seed(seed: int, *labels: str) -> int:
+    """A stable per-component seed, so adding a model or attack does not reshuffle the others."""
+    digest = hashlib.sha256("/".join([str(seed), *labels]).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bars = not quiet and sys.stderr.isatty()
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"kansa: {message}", file=sys.stderr, flush=True)
+
+
+def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for split_name, idx in splits.items():
+        start = time.perf_counter()
+        pred = target.predict(dataset.x[idx])
+        seconds = time.perf_counter() - start
+        correct = int((pred == dataset.y[idx]).sum())
+        rows.append(rate_row("accuracy", correct, len(idx), subset=f"split={split_name}"))
+        if split_name != "test":
+            continue
+        rows.append(count_row("inference_ms_per_sample", 1000 * seconds / max(len(idx), 1), category="cost", subset="split=test"))
+        truth = dataset.y[idx]
+        for label, name in enumerate(dataset.class_names):
+            predicted, actual = pred == label, truth == label
+            hits = int((predicted & actual).sum())
+            rows.append(rate_row("precision", hits, int(predicted.sum()), subset=f"class={name}"))
+            rows.append(rate_row("recall", hits, int(actual.sum()), subset=f"class={name}"))
+            for other, other_name in enumerate(dataset.class_names):
+                count = int((actual & (pred == other)).sum())
+                rows.append(count_row("confusion", count, subset=f"true={name};pred={other_name}"))
+    return [{"category": "performance", **row} for row in rows]
+
+
+@dataclass
+class PreparedModel:
+    """The undefended model, and what its defenses need to make their variants of it."""
+
+    cfg: dict[str, Any]
+    module: "torch.nn.Module"
+    output_kind: str
+    rows: list[dict[str, Any]]
+    training_seconds: float | None
+    cached: bool
+    recipe: dict[str, Any]
+    base_parts: dict[str, Any]
+    build: "Callable[[], torch.nn.Module]"
+
+    @property
+    def name(self) -> str:
+        return self.cfg["name"]
+
+
+def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The training recipe of a built-in model; for a loaded one, the built-in defaults for the data."""
+    if cfg["kind"] == "builtin":
+        return cfg
+    return {**validate_model_config({"kind": "builtin"}, Location("(built-in recipe)")), "name": cfg["name"]}
+
+
+def _builder(recipe: dict[str, Any], dataset: Dataset) -> "Callable[[], torch.nn.Module]":
+    def build() -> "torch.nn.Module":
+        return build_builtin(recipe, dataset.input_shape, dataset.n_classes, dataset.is_image)
+
+    return build
+
+
+def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config: Config, progress: Progress,
+                   cache: WeightCache) -> PreparedModel:
+    import torch
+
+    name = cfg["name"]
+    rows: list[dict[str, Any]] = []
+    recipe = {k: v for k, v in _recipe(cfg).items() if k != "name"}
+    data_parts = {"data": dataset.digest(), "train": array_digest(splits.train)}
+    seconds, cached = None, False
+    if cfg["kind"] == "builtin":
+        init_seed, train_seed = derive_seed(config.seed, "init", name), derive_seed(config.seed, "train", name)
+        architecture = _builder(recipe, dataset)
+
+        def build() -> torch.nn.Module:
+            torch.manual_seed(init_seed)
+            return architecture()
+
+        def fit(module: torch.nn.Module) -> dict[str, Any]:
+            progress.say(f"training {name} on {len(splits.train)} samples ({cfg['epochs']} epochs)")
+            return {"seconds": train(module, dataset.x[splits.train], dataset.y[splits.train], cfg, train_seed, progress.bars, name)}
+
+        base_parts = {"model": recipe, **data_parts, "init_seed": init_seed, "train_seed": train_seed}
+        module, info = cache.fit(name, {"kind": "model", **base_parts}, build, fit)
+        seconds, cached = info["seconds"], info["cached"]
+        if cached:
+            progress.say(f"{name}: trained weights from the cache")
+        output_kind = "logits"
+    else:
+        module = load_user_model(cfg, config.base_dir)
+        output_kind = cfg["output"]
+        if cfg["kind"] == "pickle":
+            rows.append(count_row("unsafe_pickle_loaded", 1, category="model", message=(
+                f"{cfg['path']} was unpickled with allow_unsafe_pickle = true: loading it could run any code it holds"
+            )))
+        base_parts = {"model": recipe, **data_parts, "loaded": module_digest(module)}
+    output_kind = detect_output(module, dataset.x[splits.train[:8]], dataset.n_classes, output_kind, name)
+    loaded = module
+
+    def build_variant() -> torch.nn.Module:
+        return _builder(recipe, dataset)() if cfg["kind"] == "builtin" else copy.deepcopy(loaded)
+
+    return PreparedModel(cfg, module, output_kind, rows, seconds, cached, recipe, base_parts, build_variant)
+
+
+def _variant_rows(target: Target, defended: Defended, dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
+    """What a variant costs (size, training and inference time), what it is, and how well it performs."""
+    size, total, nonzero = model_size(defended.module)
+    rows = [
+        count_row("size_bytes", size, category="cost"),
+        count_row("parameters", total, category="cost"),
+        count_row("nonzero_parameters", nonzero, category="cost"),
+        *defended.rows,
+        *_performance_rows(target, dataset, splits),
+    ]
+    if defended.training_seconds is not None:
+        rows.append(count_row("training_seconds", defended.training_seconds, category="cost",
+                              message="measured when first trained; this run reused the cached weights" if defended.cached else ""))
+    return [{**row, "model": target.name, "defense": target.defense} for row in rows]
+
+
+def trainer_for(cfg: dict[str, Any], dataset: Dataset, cache: WeightCache | None = None) -> Callable[[np.ndarray, np.ndarray, int], Target]:
+    """Train models like the target (shadow, reference and surrogate models), through the weight cache.
+
+    A built-in model is retrained with its own recipe; a loaded model, whose recipe Kansa cannot
+    know, is approximated by the built-in architecture and recipe for the data.
+    """
+    recipe = {k: v for k, v in _recipe(cfg).items() if k != "name"}
+    architecture = _builder(recipe, dataset)
+    cache = cache or WeightCache(None)
+
+    def train_like_target(x: np.ndarray, y: np.ndarray, seed: int) -> Target:
+        import torch
+
+        def build() -> torch.nn.Module:
+            torch.manual_seed(seed)
+            return architecture()
+
+        def fit(module: torch.nn.Module) -> dict[str, Any]:
+            return {"seconds": train(module, x, y, recipe, seed, progress=False, label=f"{cfg['name']} (reference)")}
+
+        parts = {"kind": "reference", "model": recipe, "data": array_digest(x, y), "seed": seed}
+        module, _ = cache.fit(f"{cfg['name']} (reference)", parts, build, fit)
+        return make_target(module, dataset, "logits", f"{cfg['name']}-reference")
+
+    return train_like_target
+
+
+
+
+@dataclass
+class Variant:
+    """One (model, defense) pair as attacks face it, with the rows that describe it.
+
+    `target` is None when the defense failed (`rows` then hold its error row). `probes` are the
+    sanity rows measured on the model before any attack; they join the results only when
+    integrity attacks ran.
+    """
+
+    model: str
+    defense: str
+    target: Target | None
+    rows: list[dict[str, Any]]
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    cached: bool = False
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return (self.model,) if self.defense == UNDEFENDED else (self.model, self.defense)
+
+
+class AuditSession:
+    """Everything cells share, built on first use: data, splits, attacked samples, models, variants, trainers."""
+
+    def __init__(self, config: Config, cache_root: Path | None, progress: Progress) -> None:
+        self.config, self.progress = config, progress
+        self.cache = WeightCache(cache_root)
+        self.dataset = load_dataset(config.data, config.base_dir, derive_seed(config.seed, "sample"))
+        self.splits = split_dataset(self.dataset, config.data["split"], derive_seed(config.seed, "split"))
+        eval_idx = self.splits.test
+        limit = config.evaluation["samples"]
+        if limit is not None and limit < len(eval_idx):
+            rng = np.random.default_rng(derive_seed(config.seed, "evaluation"))
+            eval_idx = np.sort(rng.choice(eval_idx, limit, replace=False))
+        self.eval_idx = eval_idx
+        self._models: dict[str, PreparedModel] = {}
+        self._variants: dict[tuple[str, str], Variant] = {}
+        self._trainers: dict[str, Callable[[np.ndarray, np.ndarray, int], Target]] = {}
+
+    @property
+    def x_eval(self) -> np.ndarray:
+        return self.dataset.x[self.eval_idx]
+
+    @property
+    def y_eval(self) -> np.ndarray:
+        return self.dataset.y[self.eval_idx]
+
+    def model(self, name: str) -> PreparedModel:
+        if name not in self._models:
+            cfg = next(m for m in self.config.models if m["name"] == name)
+            self._models[name] = _prepare_model(cfg, self.dataset, self.splits, self.config, self.progress, self.cache)
+        return self._models[name]
+
+    def trainer(self, name: str) -> Callable[[np.ndarray, np.ndarray, int], Target]:
+        if name not in self._trainers:
+            self._trainers[name] = trainer_for(self.model(name).cfg, self.dataset, self.cache)
+        return self._trainers[name]
+
+    def variant(self, model: str, defense: str) -> Variant:
+        if (model, defense) not in self._variants:
+            self._variants[(model, defense)] = self._build_variant(model, defense)
+        return self._variants[(model, defense)]
+
+    def _build_variant(self, model: str, defense_id: str) -> Variant:
+        from defenses import registry
+
+        prepared, config = self.model(model), self.config
+        randomized = False
+        if defense_id == UNDEFENDED:
+            defended = Defended(module=prepared.module, output_kind=prepared.output_kind,
+                                training_seconds=prepared.training_seconds, cached=prepared.cached)
+        else:
+            defense_cfg = next(d for d in config.defenses if d["id"] == defense_id)
+            defense = registry()[defense_cfg["name"]](**defense_cfg["params"])
+            randomized = defense.randomized
+            context = DefenseContext(
+                model_name=model, base=prepared.module, output_kind=prepared.output_kind, recipe=prepared.recipe,
+                from_scratch=prepared.cfg["kind"] == "builtin", dataset=self.dataset, splits=self.splits,
+                seed=derive_seed(config.seed, "defense", model, defense_id), cache=self.cache,
+                base_parts=prepared.base_parts, build=prepared.build, progress=self.progress.bars,
+            )
+            self.progress.say(f"defending {model} with {defense_id} ({defense.stage})")
+            try:
+                defended = defense.apply(context)
+            except Exception as exc:  # one failing defense must not lose the rest of the audit
+                message = describe_exception(exc, limit=500)
+                self.progress.say(f"defense {defense_id} of {model} failed: {message}")
+                return Variant(model, defense_id, None, [error_row(message, model=model, defense=defense_id, category="defense")])
+        labels = (model,) if defense_id == UNDEFENDED else (model, defense_id)
+        target = make_target(defended.module, self.dataset, defended.output_kind, model, defense_id, defended.gradient)
+        seed_everything(derive_seed(config.seed, "performance", *labels))
+        rows = _variant_rows(target, defended, self.dataset, self.splits)
+        seed_everything(derive_seed(config.seed, "checks", *labels))
+        if randomized or probe_randomness(target, self.x_eval):
+            samples = config.checks["eot_samples"]
+            target = expectation(target, samples)
+            note = flag(RANDOMIZED, True, f"identical calls gave different outputs; every attack used the expectation over {samples} passes")
+        else:
+            note = flag(RANDOMIZED, False, "identical calls gave identical outputs")
+        probes = [note, probe_gradients(target, self.x_eval, self.y_eval)] if config.checks["enabled"] else []
+        return Variant(model, defense_id, target, rows, probes, defended.cached)
+
+
+_SESSIONS: dict[tuple[str, str], AuditSession] = {}
+
+
+def session_for(config: Config, cache_root: Path | None, quiet: bool = True) -> AuditSession:
+    """This process's session for `config` (a Ray worker keeps it between the cells it runs)."""
+    key = (config.digest(), str(cache_root))
+    if config.execution["threads"]:
+        import torch
+
+        torch.set_num_threads(config.execution["threads"])
+    if key not in _SESSIONS:
+        _SESSIONS.clear()  # one audit at a time per process; drop the previous one's models
+        _SESSIONS[key] = AuditSession(config, cache_root, Progress(quiet))
+    return _SESSIONS[key]

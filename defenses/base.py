@@ -1,0 +1,125 @@
+"""The one interface every defense implements: take the undefended model, return a defended variant.
+
+Every configured attack then runs against the variant, exactly as against the undefended model.
+A defense that hides gradients must still be attacked honestly, so every variant keeps a usable
+gradient: non-differentiable input transforms pass gradients straight through (BPDA, Athalye et
+al. 2018); behind an output transform, and for a quantized model, white-box attacks differentiate
+the raw or float twin model while every decision is judged on the defended one (the results say so).
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import numpy as np
+
+from audit.errors import KansaError
+from audit.params import Location, Param, ParamSet
+from audit.results import count_row
+
+if TYPE_CHECKING:
+    import torch
+
+    from audit.cache import WeightCache
+    from audit.data import Dataset, Splits
+
+STAGES = ("training", "compression", "preprocessing", "postprocessing")
+
+
+class DefenseError(KansaError):
+    """A defense that cannot be applied as configured (the variant is recorded as an error)."""
+
+
+@dataclass
+class DefenseContext:
+    """What a defense may use: the undefended model, its training recipe, the data and the weight cache.
+
+    `recipe` is the built-in training recipe (for a loaded model: the built-in defaults for the data,
+    and training-time defenses then fine-tune the loaded weights). `base_parts` identifies the
+    undefended model's content in cache keys.
+    """
+
+    model_name: str
+    base: "torch.nn.Module"
+    output_kind: str
+    recipe: dict[str, Any]
+    from_scratch: bool
+    dataset: "Dataset"
+    splits: "Splits"
+    seed: int
+    cache: "WeightCache"
+    base_parts: dict[str, Any]
+    build: "Callable[[], torch.nn.Module]"
+    progress: bool = False
+
+    @property
+    def train_x(self) -> np.ndarray:
+        return self.dataset.x[self.splits.train]
+
+    @property
+    def train_y(self) -> np.ndarray:
+        return self.dataset.y[self.splits.train]
+
+    def starting_model(self) -> "torch.nn.Module":
+        """A fresh initialisation for a built-in model; a copy of the loaded weights to fine-tune otherwise."""
+        import torch
+
+        if self.from_scratch:
+            torch.manual_seed(self.seed)
+            return self.build()
+        return copy.deepcopy(self.base)
+
+    def trained(self, defense: "Defense", train: "Callable[[torch.nn.Module], dict[str, Any]]",
+                build: "Callable[[], torch.nn.Module] | None" = None) -> "tuple[torch.nn.Module, dict[str, Any]]":
+        """Train (or fetch from the cache) the variant `defense` makes of this model."""
+        parts = {**self.base_parts, "defense": defense.name, "defense_params": defense.values, "seed": self.seed}
+        return self.cache.fit(f"{self.model_name}/{defense.name}", parts, build or self.starting_model, train)
+
+
+@dataclass
+class Defended:
+    """A defended variant: `module` is what ships and what every decision is judged on (outputs of `output_kind`).
+
+    `gradient` is (module, output kind) for white-box attacks to differentiate when `module` has no
+    useful gradient. `rows` describe the defense (category "defense"): achieved epsilon, sparsity, notes.
+    """
+
+    module: "torch.nn.Module"
+    output_kind: str
+    gradient: "tuple[torch.nn.Module, str] | None" = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    training_seconds: float | None = None
+    cached: bool = False
+
+
+class Defense(ABC):
+    """A named defense with declared parameters. Subclasses set the class attributes and `apply`.
+
+    `randomized` defenses are attacked through an expectation over several passes.
+    """
+
+    name: ClassVar[str]
+    stage: ClassVar[str]
+    summary: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    randomized: ClassVar[bool] = False
+
+    def __init__(self, **values: Any) -> None:
+        where = Location(f"defense {self.name}")
+        self.values = ParamSet(self.params).validate(values, where)
+        self.check(self.values, where)
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: Location) -> None:
+        """Reject parameter combinations that no single declaration can express (raise `where.error`)."""
+
+    @abstractmethod
+    def apply(self, context: DefenseContext) -> Defended:
+        """The defended variant of `context.base`."""
+
+
+def note_row(metric: str, value: float, message: str = "") -> dict[str, Any]:
+    return count_row(metric, value, category="defense", message=message)

@@ -1,0 +1,456 @@
+"""The defense comparison: one line per (model, defended variant), each number next to its change against the baseline.
+
+A defense buys robustness or privacy with accuracy, size and time. Reading that price off the
+report section by section is error-prone, so this module lays it out once: clean accuracy,
+robust accuracy per attack and eps, the strongest membership attack, size and time, and for each
+the change against the same model's undefended variant (`defense = "none"`) of the same run.
+The Pareto front then says which variants no other variant beats on every axis at once.
+
+Only the results table (and the optional `defenses` metadata) is read; a number that is not in
+the table stays NaN, never estimated. `kansa compare` combines several runs' tables; deltas are
+then still taken within each run, because a baseline from another run was trained and
+attacked under other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from audit.files import write_text_atomic
+from reports.queries import variant_label
+
+BASELINE = "none"
+SCHEMA = "kansa.comparison/1"
+KEYS = ("run", "model", "defense")
+
+CLEAN = "clean_accuracy"
+MIA_AUC = "membership_auc"
+MIA_AUC_ATTACK = "membership_auc_attack"
+MIA_FPR = 0.01
+MIA_TPR = "membership_tpr@fpr=0.01"
+MIA_TPR_ATTACK = "membership_tpr_attack"
+ATTACK_OF = {MIA_AUC: MIA_AUC_ATTACK, MIA_TPR: MIA_TPR_ATTACK}  # which attack reached the reported best
+COSTS = ("size_bytes", "nonzero_parameters", "training_seconds", "inference_ms_per_sample")
+DETAILS, FAILED, PARETO = "defense_details", "failed", "pareto"
+DELTA = "_delta"
+
+_ROBUST = re.compile(r"robust_accuracy\[(?P<attack>.+)@(?P<eps>[^@\]]+)\]")
+
+
+def robust_column(attack: str, eps: float) -> str:
+    """The column of robust accuracy under `attack` at `eps`, e.g. `robust_accuracy[pgd@0.1]`."""
+    return f"robust_accuracy[{attack}@{eps:g}]"
+
+
+def parse_robust_column(column: str) -> tuple[str, float] | None:
+    """(attack, eps) of a robust-accuracy column, None for any other column."""
+    match = _ROBUST.fullmatch(column)
+    return (match["attack"], float(match["eps"])) if match else None
+
+
+def robust_columns(comparison: pd.DataFrame) -> list[str]:
+    """The robust-accuracy columns, in table order (the delta columns are not among them)."""
+    return [c for c in comparison.columns if parse_robust_column(c)]
+
+
+def value_columns(comparison: pd.DataFrame) -> list[str]:
+    """The numeric measurements that carry a delta, in display order."""
+    return [CLEAN, *robust_columns(comparison), MIA_AUC, MIA_TPR, *COSTS]
+
+
+def _ok(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["status"] == "ok"]
+
+
+def _variants(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(model, defense) pairs in order of appearance, each model's baseline first."""
+    pairs = list(dict.fromkeys(zip(table["model"], table["defense"])))
+    pairs = [(m, d) for m, d in pairs if m]  # data-quality rows belong to no model
+    models = list(dict.fromkeys(m for m, _ in pairs))
+    return [(m, d) for m in models for d in sorted((d for mm, d in pairs if mm == m), key=lambda d: d != BASELINE)]
+
+
+def _first_value(rows: pd.DataFrame, metric: str) -> float:
+    selected = rows[rows["metric"] == metric]
+    return float(selected["value"].iloc[0]) if len(selected) else math.nan
+
+
+def _best(rows: pd.DataFrame) -> tuple[float, str]:
+    """The highest value and the attack that reached it (the first one on ties); NaN and "" when there is none."""
+    rows = rows[rows["value"].notna()]
+    if rows.empty:
+        return math.nan, ""
+    best = rows.loc[rows["value"].idxmax()]
+    return float(best["value"]), str(best["attack"])
+
+
+def _defense_details(rows: pd.DataFrame, declared: dict[str, Any] | None) -> str:
+    """What the defense was, as the run recorded it: its declaration and its `defense` rows, whichever exist."""
+    parts = []
+    if declared:
+        name = declared.get("name") or declared.get("id", "")
+        stage = declared.get("stage")
+        params = declared.get("params") or {}
+        parts.append(name + (f" ({stage})" if stage else "") + ("" if not params else ": " + ", ".join(f"{k}={v}" for k, v in params.items())))
+    for _, row in rows.iterrows():
+        text = f"{row['metric']}={row['value']:g}" if not math.isnan(row["value"]) else str(row["metric"])
+        parts.append(text + (f" ({row['message']})" if row["message"] else ""))
+    return "; ".join(parts)
+
+
+def _failed(rows: pd.DataFrame) -> str:
+    """Which parts of a variant errored, so a NaN in its line has a visible reason."""
+    return ", ".join(dict.fromkeys(str(r["attack"] or r["category"] or "?") for _, r in rows.iterrows()))
+
+
+def _variant_line(rows: pd.DataFrame, declared: dict[str, Any] | None) -> dict[str, Any]:
+    ok = _ok(rows)
+    clean = ok[(ok["category"] == "performance") & (ok["metric"] == "accuracy") & (ok["subset"] == "split=test")]
+    line: dict[str, Any] = {CLEAN: _first_value(clean, "accuracy")}
+    robust = ok[(ok["category"] == "integrity") & (ok["metric"] == "robust_accuracy") & (ok["subset"] == "all") & ok["param_value"].notna()]
+    for _, row in robust.iterrows():
+        line.setdefault(robust_column(row["attack"], row["param_value"]), float(row["value"]))
+    privacy = ok[ok["category"] == "confidentiality"]
+    line[MIA_AUC], line[MIA_AUC_ATTACK] = _best(privacy[(privacy["metric"] == "auc") & (privacy["subset"] == "all")])
+    tpr = privacy[(privacy["metric"] == "tpr_at_fpr") & np.isclose(privacy["param_value"].fillna(-1.0), MIA_FPR)]
+    line[MIA_TPR], line[MIA_TPR_ATTACK] = _best(tpr)
+    cost = ok[(ok["category"] == "cost") & (ok["attack"] == "")]
+    for metric in COSTS:
+        line[metric] = _first_value(cost, metric)
+    line[DETAILS] = _defense_details(ok[ok["category"] == "defense"], declared)
+    line[FAILED] = _failed(rows[rows["status"] == "error"])
+    return line
+
+
+def robust_order(comparison: pd.DataFrame) -> list[str]:
+    """Attacks in order of first appearance among the robust columns."""
+    return list(dict.fromkeys(parse_robust_column(c)[0] for c in comparison.columns if parse_robust_column(c)))
+
+
+def _ordered(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Keys, then every measurement followed by its delta (robust columns by attack, then eps), then the text columns."""
+    attacks = robust_order(comparison)
+    robust = sorted(robust_columns(comparison), key=lambda c: (attacks.index(parse_robust_column(c)[0]), parse_robust_column(c)[1]))
+    columns = [k for k in KEYS if k in comparison]
+    for column in [CLEAN, *robust, MIA_AUC, MIA_TPR, *COSTS]:
+        columns += [column, column + DELTA] + ([ATTACK_OF[column]] if column in ATTACK_OF else [])
+    columns += [DETAILS, FAILED] + ([PARETO] if PARETO in comparison else [])
+    return comparison[columns]
+
+
+def _add_deltas(comparison: pd.DataFrame) -> pd.DataFrame:
+    """value - the same model's baseline value (within the same run); NaN when either is missing."""
+    group = [k for k in ("run", "model") if k in comparison]
+    out = comparison.copy()
+    for column in value_columns(comparison):
+        baseline = comparison[column].where(comparison["defense"] == BASELINE)
+        reference = baseline.groupby([comparison[k] for k in group]).transform("first")
+        out[column + DELTA] = comparison[column] - reference
+    return out
+
+
+def comparison_table(table: pd.DataFrame, metadata: dict[str, Any] | None = None, run: str | None = None) -> pd.DataFrame:
+    """One row per (model, defense) of a results table, with the change of every number against the model's baseline.
+
+    `metadata` (a run's, optional) names the defenses; `run` adds a leading `run` column, for
+    combining several runs with `combine`.
+    """
+    declared = {d.get("id"): d for d in (metadata or {}).get("defenses") or [] if isinstance(d, dict)}
+    lines = []
+    for model, defense in _variants(table):
+        rows = table[(table["model"] == model) & (table["defense"] == defense)]
+        lines.append({**({"run": run} if run is not None else {}), "model": model, "defense": defense,
+                      **_variant_line(rows, declared.get(defense))})
+    comparison = pd.DataFrame(lines) if lines else pd.DataFrame(columns=[k for k in KEYS if run is not None or k != "run"])
+    for column in value_columns(comparison):
+        comparison[column] = comparison[column].astype("float64") if column in comparison else math.nan
+    for column in (MIA_AUC_ATTACK, MIA_TPR_ATTACK, DETAILS, FAILED):
+        if column not in comparison:
+            comparison[column] = ""
+    return _ordered(_add_deltas(comparison))
+
+
+def combine(comparisons: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Several runs' comparison tables (each built with its `run` label) as one; deltas stay within each run."""
+    combined = pd.concat(list(comparisons), ignore_index=True)
+    robust = robust_columns(combined)
+    combined[robust + [c + DELTA for c in robust]] = combined[robust + [c + DELTA for c in robust]].astype("float64")
+    return _ordered(combined)
+
+
+# --- Pareto front ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axes:
+    """The objectives of the Pareto front: robust accuracy at one column, and whether privacy leakage counts."""
+
+    robust: str | None
+    privacy: bool
+
+
+def default_robust_column(comparison: pd.DataFrame) -> str | None:
+    """The strongest attack setting that still separates the variants.
+
+    Candidates are the robust columns measured for every variant (else those measured for the
+    most), preferring the per-sample worst case over all L-inf attacks (`ensemble`, what gates use
+    by default). Among them the one with the lowest mean robust accuracy wins, skipping columns
+    where every variant scores the same (a large eps at which everything is 0 ranks nothing);
+    ties go to the larger eps.
+    """
+    columns = robust_columns(comparison)
+    if not columns:
+        return None
+    coverage = {c: int(comparison[c].notna().sum()) for c in columns}
+    pool = [c for c in columns if coverage[c] == max(coverage.values())]
+    pool = [c for c in pool if parse_robust_column(c)[0] == "ensemble"] or pool
+    informative = [c for c in pool if comparison[c].nunique(dropna=True) > 1] or pool
+    return min(informative, key=lambda c: (comparison[c].mean(), -parse_robust_column(c)[1]))
+
+
+def resolve_axes(comparison: pd.DataFrame, robust: str | None = None, privacy: bool | None = None) -> Axes:
+    """The front's objectives: `robust` or the default column; privacy when every variant has a membership AUC."""
+    if robust is not None and robust not in comparison:
+        from audit.errors import KansaError
+
+        available = ", ".join(robust_columns(comparison)) or "none"
+        raise KansaError(f"no robust-accuracy column {robust!r} in the comparison (available: {available})")
+    robust = robust if robust is not None else default_robust_column(comparison)
+    if privacy is None:
+        privacy = bool(len(comparison)) and bool(comparison[MIA_AUC].notna().all())
+    return Axes(robust, privacy)
+
+
+def pareto_front(comparison: pd.DataFrame, robust: str | None = None, privacy: bool | None = None) -> pd.Series:
+    """Per variant: True when no other variant is at least as good on every objective and better on one.
+
+    Objectives: clean accuracy and robust accuracy at `robust` (maximised), the best membership
+    AUC (minimised) when `privacy`. Identical variants do not dominate each other, so both stay
+    on the front. A variant missing an objective is not judged (<NA>), nor used to judge others.
+    """
+    axes = resolve_axes(comparison, robust, privacy)
+    columns = [CLEAN] + ([axes.robust] if axes.robust else [])
+    signs = [1.0] * len(columns)
+    if axes.privacy:
+        columns.append(MIA_AUC)
+        signs.append(-1.0)
+    points = comparison[columns].to_numpy(dtype=np.float64) * np.array(signs)
+    judged = np.isfinite(points).all(axis=1)
+    front = pd.Series(pd.array([pd.NA] * len(comparison), dtype="boolean"), index=comparison.index, name=PARETO)
+    candidates = points[judged]
+    for position in np.flatnonzero(judged):
+        point = points[position]
+        dominated = ((candidates >= point).all(axis=1) & (candidates > point).any(axis=1)).any()
+        front.iloc[position] = not dominated
+    return front
+
+
+# --- presentation, shared by the report section, summary.md and `kansa compare` -----------------
+
+
+def variant_name(row: pd.Series | dict[str, Any], with_run: bool = False) -> str:
+    """The report's name of a variant (`model`, or `model / defense`), after its run's label when several are compared."""
+    name = variant_label(row["model"], row["defense"])
+    return f"{row['run']}: {name}" if with_run and "run" in row else name
+
+
+def on_front(state: Any) -> bool | None:
+    """A nullable Pareto flag as Python: True, False, or None when the variant was not judged."""
+    return None if state is pd.NA else bool(state)
+
+
+def front_text(state: Any, t: Callable[..., str]) -> str:
+    """yes / no, or a dash for a variant that was not judged (which is neither)."""
+    return {True: t("yes"), False: t("no"), None: "–"}[on_front(state)]
+
+
+def has_defenses(comparison: pd.DataFrame) -> bool:
+    """Whether any model was audited defended; without that a trade-off section would only repeat the headline."""
+    return bool((comparison["defense"] != BASELINE).any())
+
+
+def _signed(number: float, text: str) -> str:
+    if number == 0:
+        return "±" + text
+    return ("+" if number > 0 else "−") + text
+
+
+def format_delta(column: str, value: float, delta: float, t: Callable[..., str]) -> str:
+    """The change against the baseline as a reader compares it: accuracy in points, sizes and times in percent."""
+    if math.isnan(delta):
+        return "–"
+    if column == CLEAN or column == MIA_TPR or parse_robust_column(column):
+        return t("delta_pts", delta=_signed(delta, f"{abs(delta) * 100:.1f}"))
+    if column == MIA_AUC:
+        return _signed(delta, f"{abs(delta):.3f}")
+    reference = value - delta
+    if reference and math.isfinite(reference):
+        return _signed(delta, f"{abs(delta) / abs(reference) * 100:.1f}%")
+    return _signed(delta, f"{abs(delta):g}")
+
+
+def delta_text(row: pd.Series, column: str, t: Callable[..., str]) -> str:
+    """A variant's change in `column` as shown next to its value; nothing for the baseline itself or a value that is missing."""
+    if row["defense"] == BASELINE or math.isnan(row[column]):
+        return ""
+    return format_delta(column, row[column], row[column + DELTA], t)
+
+
+def format_value(column: str, value: float) -> str:
+    """Counts and bytes as integers, times to three significant digits, rates and AUC to three decimals."""
+    if math.isnan(value):
+        return "–"
+    if column in ("size_bytes", "nonzero_parameters"):
+        return f"{value:,.0f}"
+    if column in ("training_seconds", "inference_ms_per_sample"):
+        return f"{value:.3g}"
+    return f"{value:.3f}"
+
+
+def row_label(column: str, t: Callable[..., str]) -> str:
+    """A column's name for readers, in the report's language."""
+    parsed = parse_robust_column(column)
+    if parsed:
+        return t("cmp_robust", attack=parsed[0], eps=f"{parsed[1]:g}")
+    return t(f"cmp_{column.split('@')[0]}")
+
+
+def trade_off_figure(comparison: pd.DataFrame, front: pd.Series, axes: Axes, with_run: bool = False) -> str | None:
+    """The trade-off plot of the variants with both accuracies, or None when there is no robust column."""
+    from reports import figures
+
+    if axes.robust is None:
+        return None
+    shown = comparison[comparison[CLEAN].notna() & comparison[axes.robust].notna()]
+    if shown.empty:
+        return None
+    leakage = shown[MIA_AUC].to_numpy(dtype=np.float64)
+    attack, eps = parse_robust_column(axes.robust)
+    return figures.trade_off(
+        labels=[variant_name(r, with_run) for _, r in shown.iterrows()],
+        clean=shown[CLEAN].to_numpy(dtype=np.float64),
+        robust=shown[axes.robust].to_numpy(dtype=np.float64),
+        leakage=leakage if np.isfinite(leakage).any() else None,
+        front=front.loc[shown.index].fillna(False).to_numpy(dtype=bool),
+        frontier=pareto_front(shown, axes.robust, privacy=False).fillna(False).to_numpy(dtype=bool),
+        robust_label=f"robust accuracy ({attack}, eps {eps:g})",
+        leakage_label="best membership AUC (lower is better)",
+        front_label="Pareto front" + (" (with membership AUC)" if axes.privacy else ""),
+    )
+
+
+def comparison_context(comparison: pd.DataFrame, t: Callable[..., str], robust: str | None = None) -> dict[str, Any]:
+    """What templates/sections/defenses.html.j2 shows: the plot, the front, and per model a table of variants."""
+    axes = resolve_axes(comparison, robust)
+    front = pareto_front(comparison, axes.robust, axes.privacy)
+    with_run = "run" in comparison and comparison["run"].nunique() > 1
+    groups = []
+    for key, rows in comparison.groupby([k for k in ("run", "model") if k in comparison], sort=False):
+        title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        lines = []
+        for column in value_columns(comparison):
+            if rows[column].isna().all():
+                continue  # nothing measured: no line rather than a line of dashes
+            cells = []
+            for _, r in rows.iterrows():
+                text = format_value(column, r[column])
+                attack = r[ATTACK_OF[column]] if column in ATTACK_OF else ""
+                if attack:
+                    text += f" ({attack})"
+                cells.append({"value": text, "delta": delta_text(r, column, t)})
+            lines.append({"label": row_label(column, t), "cells": cells, "key": column == axes.robust})
+        pareto = [front_text(v, t) for v in front.loc[rows.index]]
+        groups.append({
+            "title": title,
+            "variants": [{"name": d, "baseline": d == BASELINE} for d in rows["defense"]],
+            "lines": lines,
+            "pareto": pareto,
+            "details": [{"defense": r["defense"], "text": r[DETAILS]} for _, r in rows.iterrows() if r[DETAILS]],
+            "failed": [{"defense": r["defense"], "text": r[FAILED]} for _, r in rows.iterrows() if r[FAILED]],
+        })
+    unjudged = [variant_name(r, with_run) for i, r in comparison.iterrows() if on_front(front.loc[i]) is None]
+    objectives = [t("cmp_clean_accuracy")] + ([row_label(axes.robust, t)] if axes.robust else []) + ([t("cmp_membership_auc")] if axes.privacy else [])
+    return {
+        "figure": trade_off_figure(comparison, front, axes, with_run),
+        "objectives": objectives,
+        "front": [variant_name(r, with_run) for i, r in comparison.iterrows() if on_front(front.loc[i])],
+        "unjudged": unjudged,
+        "groups": groups,
+    }
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def with_front(comparison: pd.DataFrame, robust: str | None = None) -> tuple[pd.DataFrame, Axes]:
+    """The table with its `pareto` column, and the objectives that column was judged on."""
+    axes = resolve_axes(comparison, robust)
+    return comparison.assign(**{PARETO: pareto_front(comparison, axes.robust, axes.privacy)}), axes
+
+
+def _json_value(value: Any) -> Any:
+    if value is pd.NA or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def comparison_json(comparison: pd.DataFrame, axes: Axes, runs: list[dict[str, Any]]) -> str:
+    """comparison.json: the rows (NaN as null), the runs they come from, and what the Pareto front was judged on."""
+    document = {
+        "schema": SCHEMA,
+        "runs": runs,
+        "pareto": {"objectives": [CLEAN] + ([axes.robust] if axes.robust else []) + ([MIA_AUC] if axes.privacy else [])},
+        "rows": [{k: _json_value(v) for k, v in row.items()} for row in comparison.to_dict(orient="records")],
+    }
+    return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_comparison(comparison: pd.DataFrame, out_dir: Path, runs: list[dict[str, Any]], robust: str | None = None) -> dict[str, Path]:
+    """comparison.csv and comparison.json (each atomically) with the Pareto column."""
+    table, axes = with_front(comparison, robust)
+    paths = {"comparison_csv": out_dir / "comparison.csv", "comparison_json": out_dir / "comparison.json"}
+    write_text_atomic(paths["comparison_csv"], table.to_csv(index=False))
+    write_text_atomic(paths["comparison_json"], comparison_json(table, axes, runs))
+    return paths
+
+
+def run_reference(metadata: dict[str, Any], label: str | None = None, path: Path | None = None) -> dict[str, Any]:
+    """How comparison.json names a run it read."""
+    reference = {"run_id": metadata.get("run_id"), "title": metadata.get("title"), "created": metadata.get("created")}
+    if label is not None:
+        reference["label"] = label
+    if path is not None:
+        reference["path"] = str(path)
+    return reference
+
+
+def _labels(run_dirs: Sequence[Path], run_ids: Sequence[str]) -> list[str]:
+    """Folder names, which people choose; the run id is added where two folders share a name."""
+    names = [Path(d).resolve().name for d in run_dirs]
+    labels = [n if names.count(n) == 1 else f"{n}#{r}" for n, r in zip(names, run_ids)]
+    return [label if labels.count(label) == 1 else f"{label}#{i + 1}" for i, label in enumerate(labels)]
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out_dir: Path, lang: str = "en", robust: str | None = None) -> dict[str, Path]:
+    """`kansa compare`: the combined table, its Pareto front and plot from several finished runs, written to `out_dir`."""
+    from audit.results import load_results
+    from reports.html import render_comparison_html
+
+    loaded = [load_results(d) for d in run_dirs]
+    labels = _labels([Path(d) for d in run_dirs], [str(meta.get("run_id", "")) for _, meta in loaded])
+    combined = combine([comparison_table(table, meta, run=label) for (table, meta), label in zip(loaded, labels)])
+    runs = [run_reference(meta, label, Path(d)) for (_, meta), label, d in zip(loaded, labels, run_dirs)]
+    resolve_axes(combined, robust)  # a bad --robust is an input error before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = write_comparison(combined, out_dir, runs, robust)
+    written["comparison_html"] = out_dir / "comparison.html"
+    write_text_atomic(written["comparison_html"], render_comparison_html(combined, runs, lang, robust))
+    return written
