@@ -115,14 +115,19 @@ def execute(task: Task) -> Any:
     return result, session.cache.trained[trained:], session.cache.reused[reused:]
 
 
+def _attack(config: Config, attack_id: str) -> Any:
+    from attacks import registry
+
+    attack_cfg = next(a for a in config.attacks if a["id"] == attack_id)
+    return registry()[attack_cfg["name"]](**attack_cfg["params"])
+
+
 def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     """One attack on one variant, repeated with other seeds when it is randomised; an error becomes a row."""
-    from attacks import registry
     from attacks.base import AttackContext
 
     config = session.config
-    attack_cfg = next(a for a in config.attacks if a["id"] == task.attack)
-    attack = registry()[attack_cfg["name"]](**attack_cfg["params"])
+    attack = _attack(config, task.attack)
     variant = session.variant(task.model, task.defense)
     where = {"attack": task.attack, "category": attack.category}
     cell_seed = derive_seed(config.seed, "attack", task.model, task.defense, task.attack)
@@ -170,7 +175,6 @@ def mean_over_repeats(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any
 
 def finish_variant(session: AuditSession, task: Task) -> CellResult:
     """The per-sample worst case over the variant's integrity attacks, and the sanity checks that judge them."""
-    from attacks import registry
     from attacks.base import AttackOutput, ensemble_rows
 
     config = session.config
@@ -178,8 +182,7 @@ def finish_variant(session: AuditSession, task: Task) -> CellResult:
     attacks, outputs, rows = {}, {}, []
     for cell in task.inputs:
         attack_id = cell.record["attack"]
-        attack_cfg = next(a for a in config.attacks if a["id"] == attack_id)
-        attack = registry()[attack_cfg["name"]](**attack_cfg["params"])
+        attack = _attack(config, attack_id)
         rows += cell.rows
         if cell.record["status"] == "ok" and attack.category == "integrity":
             attacks[attack_id] = attack
@@ -207,4 +210,4 @@ def finish_variant(session: AuditSession, task: Task) -> CellResult:
 
 def waived(rows: list[dict[str, Any]], model: str, config: Config) -> list[dict[str, Any]]:
     """Waivers are applied when results are assembled, so editing one never re-runs a cell."""
-    return [apply_waivers([row], model, config.waivers)[0] if row.get("category") == "sanity" else row for row in rows]
+    return apply_waivers(rows, model, config.waivers)

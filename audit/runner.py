@@ -31,7 +31,7 @@ from audit.history import History, default_path, git_state, resolve_baseline
 from audit.models import module_digest
 from audit.params import Location
 from audit.results import AuditResult, load_results, make_table
-from audit.session import _SESSIONS, AuditSession, Progress, derive_seed
+from audit.session import AuditSession, Progress, adopt_session, derive_seed
 
 
 def versions() -> dict[str, str]:
@@ -168,8 +168,7 @@ def run_audit(
 
         torch.set_num_threads(execution["threads"])
     session = AuditSession(config, cache_root, progress)
-    _SESSIONS.clear()
-    _SESSIONS[(config.digest(), str(cache_root))] = session  # local tasks run on this very session
+    adopt_session(session)  # local tasks run on this very session
     dataset, splits = session.dataset, session.splits
     progress.say(
         f"data {dataset.name}: {len(dataset.y)} samples, {dataset.n_classes} classes, "
@@ -239,7 +238,7 @@ def run_audit(
                 artifacts[Path(cell.record["artifact"]).stem] = cell.arrays
         rows += [{**row, **where} for row in waived(finished[(model, defense)].rows, model, config)]
     journal.keep_only({cell.key for cell in cells.values()} | {cell.key for cell in finished.values()})
-    _SESSIONS.clear()
+    adopt_session(None)
     table = make_table(rows)
     metadata = {
         "schema": "kansa.results/1",

@@ -110,10 +110,9 @@ class PreparedModel:
 
 
 def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The training recipe of a built-in model; for a loaded one, the built-in defaults for the data."""
-    if cfg["kind"] == "builtin":
-        return cfg
-    return {**validate_model_config({"kind": "builtin"}, Location("(built-in recipe)")), "name": cfg["name"]}
+    """The training recipe of a built-in model; for a loaded one, the built-in defaults for the data (without the name)."""
+    recipe = cfg if cfg["kind"] == "builtin" else validate_model_config({"kind": "builtin"}, Location("(built-in recipe)"))
+    return {k: v for k, v in recipe.items() if k != "name"}
 
 
 def _builder(recipe: dict[str, Any], dataset: Dataset) -> "Callable[[], torch.nn.Module]":
@@ -129,12 +128,12 @@ def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config
 
     name = cfg["name"]
     rows: list[dict[str, Any]] = []
-    recipe = {k: v for k, v in _recipe(cfg).items() if k != "name"}
+    recipe = _recipe(cfg)
+    architecture = _builder(recipe, dataset)
     data_parts = {"data": dataset.digest(), "train": array_digest(splits.train)}
     seconds, cached = None, False
     if cfg["kind"] == "builtin":
         init_seed, train_seed = derive_seed(config.seed, "init", name), derive_seed(config.seed, "train", name)
-        architecture = _builder(recipe, dataset)
 
         def build() -> torch.nn.Module:
             torch.manual_seed(init_seed)
@@ -162,7 +161,7 @@ def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config
     loaded = module
 
     def build_variant() -> torch.nn.Module:
-        return _builder(recipe, dataset)() if cfg["kind"] == "builtin" else copy.deepcopy(loaded)
+        return architecture() if cfg["kind"] == "builtin" else copy.deepcopy(loaded)
 
     return PreparedModel(cfg, module, output_kind, rows, seconds, cached, recipe, base_parts, build_variant)
 
@@ -189,7 +188,7 @@ def trainer_for(cfg: dict[str, Any], dataset: Dataset, cache: WeightCache | None
     A built-in model is retrained with its own recipe; a loaded model, whose recipe Kansa cannot
     know, is approximated by the built-in architecture and recipe for the data.
     """
-    recipe = {k: v for k, v in _recipe(cfg).items() if k != "name"}
+    recipe = _recipe(cfg)
     architecture = _builder(recipe, dataset)
     cache = cache or WeightCache(None)
 
@@ -289,7 +288,7 @@ class AuditSession:
             randomized = defense.randomized
             context = DefenseContext(
                 model_name=model, base=prepared.module, output_kind=prepared.output_kind, recipe=prepared.recipe,
-                from_scratch=prepared.cfg["kind"] == "builtin", dataset=self.dataset, splits=self.splits,
+                dataset=self.dataset, splits=self.splits,
                 seed=derive_seed(config.seed, "defense", model, defense_id), cache=self.cache,
                 base_parts=prepared.base_parts, build=prepared.build, progress=self.progress.bars,
             )
@@ -316,6 +315,13 @@ class AuditSession:
 
 
 _SESSIONS: dict[tuple[str, str], AuditSession] = {}
+
+
+def adopt_session(session: AuditSession | None) -> None:
+    """Make `session` the one this process's tasks use (the driver's, for the local executor); None releases it."""
+    _SESSIONS.clear()
+    if session is not None:
+        _SESSIONS[(session.config.digest(), str(session.cache.root))] = session
 
 
 def session_for(config: Config, cache_root: Path | None, quiet: bool = True) -> AuditSession:

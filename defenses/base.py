@@ -9,7 +9,6 @@ the raw or float twin model while every decision is judged on the defended one (
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -37,16 +36,16 @@ class DefenseError(KansaError):
 class DefenseContext:
     """What a defense may use: the undefended model, its training recipe, the data and the weight cache.
 
-    `recipe` is the built-in training recipe (for a loaded model: the built-in defaults for the data,
-    and training-time defenses then fine-tune the loaded weights). `base_parts` identifies the
-    undefended model's content in cache keys.
+    `recipe` is the built-in training recipe (for a loaded model: the built-in defaults for the data).
+    `build` makes the model training-time defenses start from: a fresh built-in architecture, or a
+    copy of the loaded weights to fine-tune. `base_parts` identifies the undefended model's content
+    in cache keys.
     """
 
     model_name: str
     base: "torch.nn.Module"
     output_kind: str
     recipe: dict[str, Any]
-    from_scratch: bool
     dataset: "Dataset"
     splits: "Splits"
     seed: int
@@ -64,13 +63,11 @@ class DefenseContext:
         return self.dataset.y[self.splits.train]
 
     def starting_model(self) -> "torch.nn.Module":
-        """A fresh initialisation for a built-in model; a copy of the loaded weights to fine-tune otherwise."""
+        """A fresh initialisation for a built-in model (seeded by the defense); a copy of the loaded weights otherwise."""
         import torch
 
-        if self.from_scratch:
-            torch.manual_seed(self.seed)
-            return self.build()
-        return copy.deepcopy(self.base)
+        torch.manual_seed(self.seed)
+        return self.build()
 
     def trained(self, defense: "Defense", train: "Callable[[torch.nn.Module], dict[str, Any]]",
                 build: "Callable[[], torch.nn.Module] | None" = None) -> "tuple[torch.nn.Module, dict[str, Any]]":

@@ -29,7 +29,7 @@ BATCH = Param("batch_size", Number(1, 1_000_000, integer=True), None, "training 
 EPS = Param("eps", Number(0, None, closed="neither"), 0.1, "L-inf radius of the training perturbations")
 
 
-def _recipe(values: dict[str, Any], context: DefenseContext) -> dict[str, Any]:
+def _training_recipe(values: dict[str, Any], context: DefenseContext) -> dict[str, Any]:
     return {**context.recipe, "epochs": values.get("epochs") or context.recipe["epochs"],
             "batch_size": values.get("batch_size") or context.recipe["batch_size"]}
 
@@ -51,7 +51,7 @@ class _ARTTrainer(Defense):
         """The ART trainer around `classifier` (a PyTorchClassifier holding the optimiser)."""
 
     def apply(self, context: DefenseContext) -> Defended:
-        recipe = _recipe(self.values, context)
+        recipe = _training_recipe(self.values, context)
 
         def fit(module: "torch.nn.Module") -> dict[str, Any]:
             import torch
@@ -180,7 +180,7 @@ class DPSGD(Defense):
             raise where.error("give exactly one of target_epsilon and noise_multiplier")
 
     def apply(self, context: DefenseContext) -> Defended:
-        recipe = _recipe(self.values, context)
+        recipe = _training_recipe(self.values, context)
         delta = self.values["delta"] or 1.0 / (10 * len(context.splits.train))
         if delta >= 1.0 / len(context.splits.train):
             raise DefenseError(f"dp_sgd: delta {delta:g} is not below 1 / training samples ({len(context.splits.train)}), so it guarantees nothing")
@@ -250,7 +250,7 @@ class Regularization(Defense):
     )
 
     def apply(self, context: DefenseContext) -> Defended:
-        recipe = {**_recipe(self.values, context), "weight_decay": self.values["weight_decay"]}
+        recipe = {**_training_recipe(self.values, context), "weight_decay": self.values["weight_decay"]}
 
         def fit(module: "torch.nn.Module") -> dict[str, Any]:
             x, y = context.train_x, context.train_y
