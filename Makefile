@@ -21,11 +21,16 @@ browser:
 
 setup: $(STAMP)
 
-# Regenerate the schema reference in docs/config.md from the validator's declarations.
+# Regenerate the generated references between their markers: the config schema in docs/config.md from the
+# validator's declarations, the metrics in docs/results-schema.md from the metric registry.
+# $(call regenerate,file,marker,flag of kansa list)
+regenerate = $(BIN)/python -c "import re, subprocess, pathlib; p = pathlib.Path('$(1)'); \
+	gen = subprocess.run(['$(BIN)/kansa', 'list', '$(3)'], capture_output=True, text=True, check=True).stdout; \
+	p.write_text(re.sub(r'(?s)(<!-- $(2):start -->\n).*(<!-- $(2):end -->)', lambda m: m.group(1) + gen + m.group(2), p.read_text()))"
+
 docs: $(STAMP)
-	$(BIN)/python -c "import re, subprocess, pathlib; p = pathlib.Path('docs/config.md'); \
-	gen = subprocess.run(['$(BIN)/kansa', 'list', '--schema'], capture_output=True, text=True, check=True).stdout; \
-	p.write_text(re.sub(r'(?s)(<!-- schema:start -->\n).*(<!-- schema:end -->)', lambda m: m.group(1) + gen + m.group(2), p.read_text()))"
+	$(call regenerate,docs/config.md,schema,--schema)
+	$(call regenerate,docs/results-schema.md,metrics,--metrics)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attacks import register
-from attacks.base import Attack, AttackContext, AttackOutput
-from attacks.membership import draw_protocol, protocol_params, seed_global, target_view
+from attacks.base import Access, Attack, AttackContext, AttackKind, AttackOutput
+from attacks.membership import check_protocol, draw_protocol, protocol_params, seed_global, target_view
 from audit.errors import KansaError
-from audit.params import Choice, Number, Param
+from audit.params import Choice, Location, Number, Param
 from audit.results import count_row, mean_row, rate_row
 
 if TYPE_CHECKING:
+    from audit.data import Dataset, Splits
     from audit.models import Target
 
 # More distinct values than this and the feature is not categorical: accuracy would not be the right measure.
@@ -31,13 +32,30 @@ MAX_VALUES = 20
 @register
 class AttributeInference(Attack):
     name = "attribute_inference"
-    category = "confidentiality"
+    kind = AttackKind.ATTRIBUTE
+    access = Access.LABELS
+    emits = ("attribute_accuracy", "attribute_accuracy_baseline", "attribute_accuracy_majority", "attribute_gain", "attacker_samples", "feature_values")
     summary = "ART AttributeInferenceBlackBox on a declared sensitive (categorical) feature, against the majority value and a model-free baseline"
+    data_kinds = ("tabular",)
+    data_note = "the sensitive attribute is one column of a row of features"
     params = (
-        Param("feature", Number(0, None, integer=True), doc="column index (from 0) of the sensitive feature among the model's inputs"),
+        Param("feature", Number(0, None, integer=True), doc="column index (from 0) of the sensitive feature among the model's inputs", quick=0),
         Param("attack_model", Choice(("rf", "gb", "lr", "dt", "knn", "nn")), "rf", "ART's attack model type, used by both attack and baseline"),
         protocol_params()[0],
     )
+
+    @classmethod
+    def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
+        super().check_data(values, dataset, splits, where)
+        check_protocol(cls.name, values, splits, where)
+        feature, width = values["feature"], dataset.input_shape[0]
+        if feature >= width:
+            raise where.child("feature").error(f"{feature} is out of range: {dataset.name} has {width} features (0 to {width - 1})")
+        distinct = len(np.unique(dataset.x[:, feature]))
+        if distinct > MAX_VALUES:
+            raise where.child("feature").error(
+                f"feature {feature} of {dataset.name} takes {distinct} distinct values; attribute_inference measures accuracy on a "
+                f"categorical feature (at most {MAX_VALUES} values): bin it in the data first")
 
     def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
         from art.attacks.inference.attribute_inference import AttributeInferenceBaseline, AttributeInferenceBlackBox
@@ -45,19 +63,11 @@ class AttributeInference(Attack):
         data = context.dataset
         if data is None or context.splits is None:
             raise KansaError("attribute_inference needs the dataset and its split in the attack context")
-        if data.x.ndim != 2:
-            raise KansaError(f"attribute_inference needs tabular data (one row of features per sample); this dataset has inputs of shape {data.input_shape}")
+        self.check_data(self.values, data, context.splits, Location(f"attack {self.name}"))
         feature = self.values["feature"]
-        if feature >= data.x.shape[1]:
-            raise KansaError(f"feature = {feature} is out of range: the data has {data.x.shape[1]} features (0 to {data.x.shape[1] - 1})")
         protocol = draw_protocol(context, self.values["members"])
         attacker = protocol.population
         values = np.unique(data.x[attacker, feature])
-        if len(values) > MAX_VALUES:
-            raise KansaError(
-                f"feature {feature} takes {len(values)} distinct values in the attacker's data; attribute_inference "
-                f"measures accuracy on a categorical feature (at most {MAX_VALUES} values): bin it in the data first"
-            )
         if len(values) < 2:
             raise KansaError(f"feature {feature} takes a single value in the attacker's data; there is nothing to infer")
         model = self.values["attack_model"]

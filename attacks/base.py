@@ -1,8 +1,26 @@
-"""The one interface every attack implements, and the evasion base that owns the epsilon sweep.
+"""The attack contract: the one file a plugin author reads.
 
-As in Foolbox 3, the base class owns what is common (parameter validation, the sweep over
-epsilons, clipping to the threat model, the metrics and their intervals); an evasion attack
-implements only `perturb`. The runner, the report and `kansa list` never special-case one.
+An attack is a class with a `name`, a `summary`, declared `params` (validated, listed and
+documented with no other code) and declared traits, which is all the runner, the sanity checks,
+the gates and the report read about it; none of them special-cases an attack by name:
+
+- `kind` (`AttackKind`): what it measures; evasion and minimisation attacks are integrity checks,
+  the others confidentiality checks (the `category` of their rows).
+- `norm`: the threat model, "inf" or "2", or None for attacks without an epsilon ball; attacks
+  with a norm join the per-sample worst case (the ensemble) at each of their eps.
+- `access` (`Access`): gradients, scores or labels only; the sanity checks compare black-box
+  with white-box attacks of the same norm, and white-box ones with random noise.
+- `single_step`, `randomized`: one gradient step (compared with iterative attacks); randomised
+  (re-run with other seeds for `[evaluation] repeats`).
+- `emits`: the metric names its rows carry (see `audit.metrics`, where a new one is registered).
+- `data_kinds`, `data_note`, `check_data`, `check`: what it applies to and which parameter
+  combinations it refuses, asked before anything is trained (`audit.plugins.Component`).
+- `strengthened(eps)` (evasion attacks): a stronger version of itself, or None; the convergence
+  probe runs it and flags the attack when it is much stronger.
+
+As in Foolbox 3, the base classes own what is common (the sweep over epsilons, the threat model,
+the metrics and their intervals) and distrust the subclass: an evasion attack implements only
+`perturb`, and whatever it returns is checked against the shape, the eps ball and the input range.
 
 The bases stream the attacked samples in batches and keep only per-sample results, so peak memory
 grows with the batch size, not with the number of samples (bench/RESULTS.md, "Scale").
@@ -12,11 +30,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
-from audit.params import Choice, Location, Number, OneOrMany, Param, ParamSet
+from audit.params import Choice, Location, Number, OneOrMany, Param
+from audit.plugins import Component
 from audit.results import mean_row, rate_row
 
 if TYPE_CHECKING:
@@ -52,23 +72,57 @@ class AttackOutput:
     artifacts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class Attack(ABC):
-    """A named attack with declared parameters. Subclasses set the class attributes and `run`.
+class AttackKind(str, Enum):
+    EVASION = "evasion"
+    MINIMIZATION = "minimization"
+    MEMBERSHIP = "membership"
+    INVERSION = "inversion"
+    ATTRIBUTE = "attribute"
 
-    `randomized` attacks are re-run with other seeds when the config asks for repeats;
-    `gradient_access` and `single_step` tell the sanity checks what to compare.
-    """
+    @property
+    def category(self) -> str:
+        """The `category` column of the rows: integrity for adversarial examples, confidentiality for privacy attacks."""
+        return "integrity" if self in (AttackKind.EVASION, AttackKind.MINIMIZATION) else "confidentiality"
 
-    name: ClassVar[str]
-    category: ClassVar[str]
-    summary: ClassVar[str]
-    params: ClassVar[tuple[Param, ...]] = ()
-    randomized: ClassVar[bool] = False
-    gradient_access: ClassVar[bool] = True
+
+class Access(str, Enum):
+    """What the attacker reads from the model."""
+
+    GRADIENTS = "gradients"
+    SCORES = "scores"
+    LABELS = "labels"
+
+
+class Attack(Component, ABC):
+    """A named attack with declared parameters and traits (see the module docstring). Subclasses implement `run`."""
+
+    family = "attack"
+    kind: ClassVar[AttackKind]
+    access: ClassVar[Access] = Access.GRADIENTS
     single_step: ClassVar[bool] = False
+    emits: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, **values: Any) -> None:
-        self.values = ParamSet(self.params).validate(values, Location(f"attack {self.name}"))
+    @property
+    def category(self) -> str:
+        return self.kind.category
+
+    @property
+    def norm(self) -> str | None:
+        return None
+
+    @property
+    def white_box(self) -> bool:
+        return self.access is Access.GRADIENTS
+
+    @classmethod
+    def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
+        super().check_data(values, dataset, splits, where)
+        outside = dataset.values_outside_range() if cls.kind.category == "integrity" else 0
+        if outside:
+            low, high = dataset.input_range
+            raise where.error(f"attack {cls.name} cannot measure robustness on these inputs: {outside} values of {dataset.name} lie outside "
+                              f"the declared input_range [{low:g}, {high:g}], and an attack must stay inside it, so no eps ball around "
+                              "them is honest; set data.scale (e.g. \"minmax\") or data.input_range")
 
     @abstractmethod
     def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
@@ -156,10 +210,41 @@ def _rate_rows(y: np.ndarray, clean_correct: np.ndarray, robust: np.ndarray, eps
     return rows
 
 
+# float32 arithmetic may put an honest attack's output a hair outside its ball or the input range.
+BALL_RTOL, BALL_ATOL = 1e-4, 1e-6
+
+
+def _distrusted(attack: "Attack", x: np.ndarray, x_adv: np.ndarray, clip: tuple[float, float], start: int) -> None:
+    """Whatever a (possibly third-party) attack returns must have the inputs' shape and stay inside the input range."""
+    if x_adv.shape != x.shape:
+        raise ValueError(f"attack {attack.name} returned inputs of shape {x_adv.shape} for a batch of shape {x.shape} (samples from {start})")
+    low, high = clip
+    outside = (x_adv < low - BALL_ATOL) | (x_adv > high + BALL_ATOL) | ~np.isfinite(x_adv)
+    if outside.any():
+        raise ValueError(f"attack {attack.name} returned {int(outside.reshape(len(x), -1).any(axis=1).sum())} inputs outside the input range "
+                         f"[{low:g}, {high:g}] (samples from {start}); its numbers would not be about valid inputs")
+
+
+def _outside_ball(attack: "Attack", size: np.ndarray, eps: float, norm: str, start: int) -> None:
+    """An adversarial example beyond the eps ball would overstate the attack: refuse the numbers, naming the attack."""
+    over = size > eps * (1 + BALL_RTOL) + BALL_ATOL
+    if over.any():
+        raise ValueError(f"attack {attack.name} returned {int(over.sum())} inputs outside the L{norm} ball of eps {eps:g} "
+                         f"(largest distance {size.max():.6g}, samples from {start}); its robust accuracy would be understated")
+
+
 def _norms(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample L-inf and L2 sizes, in float64 so the reported means do not depend on summation order."""
     flat = delta.reshape(len(delta), -1).astype(np.float64)
     return np.abs(flat).max(axis=1), np.linalg.norm(flat, axis=1)
+
+
+@dataclass(frozen=True)
+class Stronger:
+    """What `strengthened` returns: the stronger attack and, for the flag's message, how it is stronger."""
+
+    attack: "EvasionAttack"
+    how: str
 
 
 @dataclass
@@ -180,9 +265,10 @@ class EvasionAttack(Attack):
     gradient attack's forward passes) may override `sweep_batch` to skip prediction passes.
     """
 
-    category = "integrity"
+    kind = AttackKind.EVASION
+    emits = ("clean_accuracy", "robust_accuracy", "success_rate", "perturbation_linf", "perturbation_l2")
     params = (
-        Param("eps", OneOrMany(Number(0, None, closed="neither")), [0.05, 0.1, 0.2, 0.3], "perturbation budget(s): a sweep in one run"),
+        Param("eps", OneOrMany(Number(0, None, closed="neither")), [0.05, 0.1, 0.2, 0.3], "perturbation budget(s): a sweep in one run", quick=[0.1]),
         Param("norm", Choice(("inf", "2")), "inf", "threat model: L-inf or L2 ball"),
         Param("batch_size", Number(1, 100_000, integer=True), 128, "samples per attack batch (measured fastest here: bench/RESULTS.md)"),
     )
@@ -190,6 +276,10 @@ class EvasionAttack(Attack):
     @property
     def norm(self) -> str:
         return self.values["norm"]
+
+    def strengthened(self, eps: float) -> "Stronger | None":
+        """A stronger version of this attack at `eps` for the convergence probe, or None when there is no obvious one."""
+        return None
 
     @abstractmethod
     def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
@@ -216,8 +306,10 @@ class EvasionAttack(Attack):
             correct = _finite(out.clean_logits, "clean", start).argmax(axis=1) == yb
             clean_correct[start : start + batch] = correct
             for k, eps in enumerate(eps_list):
+                _distrusted(self, xb, out.x_adv[k], (low, high), start)
                 robust[k, start : start + batch] = _finite(out.adv_logits[k], f"adversarial (eps={eps:g})", start).argmax(axis=1) == yb
                 linf[k, start : start + batch], l2[k, start : start + batch] = _norms(out.x_adv[k] - xb)
+                _outside_ball(self, (linf if self.norm == "inf" else l2)[k, start : start + batch], eps, self.norm, start)
             gallery.add(start, xb, yb, out.clean_logits, correct, out.x_adv, out.adv_logits)
         per_sample: dict[str, np.ndarray] = {"clean_correct": clean_correct}
         rows: list[dict[str, Any]] = []
@@ -237,7 +329,9 @@ class MinimizationAttack(Attack):
     are streamed in batches of `batch_size`, as in `EvasionAttack`.
     """
 
-    category = "integrity"
+    kind = AttackKind.MINIMIZATION
+    emits = ("clean_accuracy", "robust_accuracy", "success_rate", "success_rate_unbounded", "min_perturbation_l2",
+             "median_min_perturbation_l2", "min_perturbation_linf", "median_min_perturbation_linf")
     params = (
         Param("eps", OneOrMany(Number(0, None, closed="neither")), [0.25, 0.5, 1.0, 2.0], "budgets to read robust accuracy off at"),
         Param("batch_size", Number(1, 100_000, integer=True), 128, "samples per attack batch"),
@@ -262,6 +356,7 @@ class MinimizationAttack(Attack):
             clean_logits = _finite(target.logits(xb, batch), "clean", start)
             correct = clean_logits.argmax(axis=1) == yb
             x_adv = np.clip(self.minimize(target, xb, yb), low, high).astype(np.float32, copy=False)
+            _distrusted(self, xb, x_adv, (low, high), start)
             adv_logits = _finite(target.logits(x_adv, batch), "adversarial", start)
             clean_correct[start : start + batch] = correct
             flipped[start : start + batch] = correct & (adv_logits.argmax(axis=1) != yb)

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from attacks import register
-from attacks.base import EvasionAttack, SweepBatch
-from audit.params import Choice, Number, Param
+from attacks.base import AttackContext, AttackOutput, EvasionAttack, Stronger, SweepBatch
+from audit.params import Choice, Location, Number, Param
 
 if TYPE_CHECKING:
     import torch
 
+    from audit.data import Dataset, Splits
     from audit.models import Target
 
 
@@ -155,6 +156,14 @@ class _TorchOrArt(EvasionAttack):
                                for i in range(0, len(x), batch)])
 
 
+def more_steps_and_a_restart(attack: EvasionAttack, eps: float) -> Stronger:
+    """Twice the steps and one more random start: what more effort means for PGD-like attacks."""
+    values = attack.values
+    stronger = type(attack)(**{**values, "eps": [eps], "steps": 2 * values["steps"], "random_starts": values["random_starts"] + 1})
+    return Stronger(stronger, f"{2 * values['steps']} steps and {values['random_starts'] + 1} random starts "
+                              f"instead of {values['steps']} and {values['random_starts']}")
+
+
 BACKEND = Param("backend", Choice(("torch", "art")), "torch",
                 "torch: a batched torch loop taking ART's exact steps with fewer passes; art: ART itself (the reference)")
 
@@ -188,7 +197,7 @@ class PGD(_TorchOrArt):
     summary = "Projected gradient descent (Madry et al. 2018): iterated steps projected back into the eps ball"
     params = (
         *EvasionAttack.params,
-        Param("steps", Number(1, 10_000, integer=True), 40, "gradient steps per start"),
+        Param("steps", Number(1, 10_000, integer=True), 40, "gradient steps per start", quick=3),
         Param("step_size", Number(0, 10, closed="neither"), None, "step as a fraction of eps (default 2.5 / steps)"),
         Param("random_starts", Number(0, 100, integer=True), 1, "random starts in the ball; 0 starts at the clean input"),
         BACKEND,
@@ -196,6 +205,9 @@ class PGD(_TorchOrArt):
 
     def step(self, eps: float) -> float:
         return eps * (self.values["step_size"] or 2.5 / self.values["steps"])
+
+    def strengthened(self, eps: float) -> Stronger:
+        return more_steps_and_a_restart(self, eps)
 
     def art_attack(self, target: "Target", eps: float) -> Any:
         from art.attacks.evasion import ProjectedGradientDescent
@@ -263,6 +275,10 @@ class PGD(_TorchOrArt):
         return adv
 
 
+# The DLR loss divides by the gap between the first and third largest logits (Croce & Hein 2020).
+DLR_MIN_CLASSES = 3
+
+
 @register
 class AutoPGD(EvasionAttack):
     name = "apgd"
@@ -270,10 +286,21 @@ class AutoPGD(EvasionAttack):
     randomized = True
     params = (
         *EvasionAttack.params,
-        Param("loss", Choice(("ce", "dlr")), "ce", "cross-entropy, or the difference-of-logits ratio (robust to logit scaling)"),
-        Param("steps", Number(1, 10_000, integer=True), 50, "iterations per start"),
+        Param("loss", Choice(("ce", "dlr")), "ce", "cross-entropy, or the difference-of-logits ratio (robust to logit scaling; 3 classes or more)"),
+        Param("steps", Number(1, 10_000, integer=True), 50, "iterations per start", quick=3),
         Param("random_starts", Number(1, 100, integer=True), 1, "random starts in the ball"),
     )
+
+    @classmethod
+    def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
+        super().check_data(values, dataset, splits, where)
+        if values["loss"] == "dlr" and dataset.n_classes < DLR_MIN_CLASSES:
+            raise where.child("loss").error(
+                f'"dlr" needs at least {DLR_MIN_CLASSES} classes (it divides by the gap between the first and third largest logits); '
+                f'{dataset.name} has {dataset.n_classes}: use loss = "ce"')
+
+    def strengthened(self, eps: float) -> Stronger:
+        return more_steps_and_a_restart(self, eps)
 
     def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         return apgd(target, x, y, eps, self.values["norm"], self.values["loss"], self.values["steps"],
@@ -297,31 +324,59 @@ def apgd(target: "Target", x: np.ndarray, y: np.ndarray, eps: float, norm: str, 
     return attack.generate(x, y=y)
 
 
+@dataclass(frozen=True)
+class _Stage:
+    label: str
+    run: "Callable[[np.ndarray, np.ndarray], np.ndarray]"
+
+
 @register
 class AutoAttack(EvasionAttack):
     name = "autoattack"
-    summary = "AutoAttack-style cascade (Croce & Hein 2020): APGD-CE, then APGD-DLR, then Square on what survives"
+    summary = ("AutoAttack-style cascade (Croce & Hein 2020): APGD-CE, then APGD-DLR, then Square on what survives "
+               "(APGD-DLR needs 3 classes or more, Square image inputs; a stage that does not apply is skipped and the rows say so)")
     randomized = True
     params = (
         *EvasionAttack.params,
-        Param("steps", Number(1, 10_000, integer=True), 50, "APGD iterations"),
-        Param("queries", Number(1, 100_000, integer=True), 1000, "Square attack queries per sample"),
+        Param("steps", Number(1, 10_000, integer=True), 50, "APGD iterations", quick=3),
+        Param("queries", Number(1, 100_000, integer=True), 1000, "Square attack queries per sample", quick=20),
     )
 
-    def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+    def stages(self, target: "Target", eps: float) -> tuple[list[_Stage], list[str]]:
+        """The stages that apply to this target, and why each of the others was left out."""
         from attacks.blackbox import square
 
+        norm, steps, batch = self.values["norm"], self.values["steps"], self.values["batch_size"]
+        kept = [_Stage("APGD-CE", lambda xs, ys: apgd(target, xs, ys, eps, norm, "ce", steps, 1, batch))]
+        skipped = []
+        if target.n_classes >= DLR_MIN_CLASSES:
+            kept.append(_Stage("APGD-DLR", lambda xs, ys: apgd(target, xs, ys, eps, norm, "dlr", steps, 1, batch)))
+        else:
+            skipped.append(f"APGD-DLR (its loss needs at least {DLR_MIN_CLASSES} classes; this model has {target.n_classes})")
+        if len(target.input_shape) == 3:
+            kept.append(_Stage("Square", lambda xs, ys: square(target, xs, ys, eps, norm, self.values["queries"], batch)))
+        else:
+            skipped.append("Square (it perturbs image patches; these inputs are feature vectors)")
+        return kept, skipped
+
+    def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
+        output = super().run(target, x, y, context)
+        kept, skipped = self.stages(target, 0.0)
+        if skipped:
+            note = (f"cascade of {', '.join(stage.label for stage in kept)} only, without " + "; ".join(skipped)
+                    + ": weaker than the full AutoAttack, so robust accuracy may be overstated")
+            for row in output.rows:
+                if row["metric"] == "robust_accuracy" and row.get("subset", "all") == "all":
+                    row["message"] = note
+        return output
+
+    def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         x_adv = x.copy()
-        stages = (
-            lambda xs, ys: apgd(target, xs, ys, eps, self.values["norm"], "ce", self.values["steps"], 1, self.values["batch_size"]),
-            lambda xs, ys: apgd(target, xs, ys, eps, self.values["norm"], "dlr", self.values["steps"], 1, self.values["batch_size"]),
-            lambda xs, ys: square(target, xs, ys, eps, self.values["norm"], self.values["queries"], self.values["batch_size"]),
-        )
-        for stage in stages:
+        for stage in self.stages(target, eps)[0]:
             alive = np.flatnonzero(target.predict(x_adv, self.values["batch_size"]) == y)
             if len(alive) == 0:
                 break
-            candidate = stage(x[alive], y[alive]).astype(np.float32)
+            candidate = stage.run(x[alive], y[alive]).astype(np.float32)
             flipped = target.predict(candidate, self.values["batch_size"]) != y[alive]
             x_adv[alive[flipped]] = candidate[flipped]
         return x_adv

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attacks import register
-from attacks.base import Attack, AttackContext, AttackOutput
+from attacks.base import Attack, AttackContext, AttackKind, AttackOutput
 from attacks.membership import draw_protocol, log_softmax64, target_view
 from audit.errors import KansaError
 from audit.params import Choice, Number, Param
@@ -51,10 +51,11 @@ def inversion_measures(confidence: np.ndarray, similarity: np.ndarray) -> dict[s
 @register
 class MIFace(Attack):
     name = "mi_face"
-    category = "confidentiality"
+    kind = AttackKind.INVERSION
+    emits = ("inversion_confidence", "inversion_similarity_own", "inversion_similarity_other", "inversion_closest_own", "inversion_gain", "iterations")
     summary = "ART MIFace (Fredrikson et al. 2015): one reconstruction per class by gradient ascent, measured against class-mean training images"
     params = (
-        Param("max_iter", Number(1, 100_000, integer=True), 300, "gradient steps per class (ART 1.20 always runs all of them)"),
+        Param("max_iter", Number(1, 100_000, integer=True), 300, "gradient steps per class (ART 1.20 always runs all of them)", quick=5),
         Param("learning_rate", Number(0, 100, closed="neither"), 0.1, "gradient step size"),
         Param("start", Choice(("mean", "noise")), "mean", "start image (also the baseline): the attacker's mean sample, or uniform noise"),
     )

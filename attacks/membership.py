@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 
 from attacks import register
-from attacks.base import Attack, AttackContext, AttackOutput
+from attacks.base import Access, Attack, AttackContext, AttackKind, AttackOutput
+from attacks.blackbox import seeded_hop_skip_jump
 from attacks.privacy_metrics import evaluate_membership, exposed_samples, size_rows
 from audit.errors import KansaError
-from audit.params import Choice, Number, OneOrMany, Param
+from audit.params import Choice, Location, Number, OneOrMany, Param
 from audit.results import count_row
 
 if TYPE_CHECKING:
+    from audit.data import Dataset, Splits
     from audit.models import Target
 
 Trainer = Callable[[np.ndarray, np.ndarray, int], "Target"]
@@ -82,15 +84,10 @@ def _protocol_seed(context: AttackContext) -> int:
     return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
 
 
-def draw_protocol(context: AttackContext, members: int | None) -> Protocol:
-    """Members from train, as many non-members from hold-out; the attacker gets everything else but train.
-
-    `members` defaults to half the hold-out split, which leaves the other half (plus the test
-    split) to the attacker.
-    """
-    if context.splits is None or context.dataset is None:
-        raise KansaError("membership attacks need the dataset and its train / hold-out / test split in the attack context")
-    train, holdout, test = context.splits.train, context.splits.holdout, context.splits.test
+def protocol_size(members: int | None, splits: "Splits") -> int:
+    """How many members (and as many non-members) the protocol draws; `members` defaults to half the hold-out split,
+    which leaves the other half (plus the test split) to the attacker."""
+    train, holdout = splits.train, splits.holdout
     n = members if members is not None else min(len(train), len(holdout) // 2)
     if n < 1:
         raise KansaError(f"the hold-out split has {len(holdout)} samples: too few to draw non-members; enlarge data.split's hold-out fraction")
@@ -101,6 +98,23 @@ def draw_protocol(context: AttackContext, members: int | None) -> Protocol:
             f"members = {n} needs as many non-members, but the hold-out split has {len(holdout)} samples; "
             "lower members or enlarge data.split's hold-out fraction"
         )
+    return n
+
+
+def check_protocol(attack: str, values: dict[str, Any], splits: "Splits", where: Location) -> None:
+    """The protocol a config asks for must fit the split: refused before anything is trained."""
+    try:
+        protocol_size(values["members"], splits)
+    except KansaError as exc:
+        raise where.child("members").error(f"attack {attack}: {exc}") from None
+
+
+def draw_protocol(context: AttackContext, members: int | None) -> Protocol:
+    """Members from train, as many non-members from hold-out; the attacker gets everything else but train."""
+    if context.splits is None or context.dataset is None:
+        raise KansaError("membership attacks need the dataset and its train / hold-out / test split in the attack context")
+    n = protocol_size(members, context.splits)
+    train, holdout, test = context.splits.train, context.splits.holdout, context.splits.test
     seed = _protocol_seed(context)
     rng = np.random.default_rng(seed)
     train_order, holdout_order = rng.permutation(train), rng.permutation(holdout)
@@ -229,18 +243,26 @@ def protocol_params(members_default: int | None = None) -> tuple[Param, ...]:
             members_default,
             "members evaluated (drawn from train) and as many non-members (from hold-out)"
             + ("; default: half the hold-out split" if members_default is None else ""),
+            quick=20,
         ),
         Param("fpr", OneOrMany(Number(0, 1, closed="neither")), [0.001, 0.01], "false-positive rate(s) at which the TPR is reported"),
-        Param("bootstrap", Number(0, 100_000, integer=True), 1000, "bootstrap replicates behind every interval (0: none)"),
+        Param("bootstrap", Number(0, 100_000, integer=True), 1000, "bootstrap replicates behind every interval (0: none)", quick=20),
     )
 
 
 class MembershipAttack(Attack):
     """Draws the protocol, lets the subclass score the candidates, and measures every attack the same way."""
 
-    category = "confidentiality"
+    kind = AttackKind.MEMBERSHIP
+    access = Access.SCORES
+    emits = ("auc", "leakage", "advantage", "balanced_accuracy", "tpr_at_fpr", "members", "non_members")
     params = protocol_params()
     invertible: ClassVar[bool] = False
+
+    @classmethod
+    def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
+        super().check_data(values, dataset, splits, where)
+        check_protocol(cls.name, values, splits, where)
 
     def reads_logits(self) -> bool:
         """Whether the scores come from logits or losses, i.e. before any output post-processing."""
@@ -318,6 +340,7 @@ class ConfidenceThreshold(MembershipAttack):
 @register
 class RuleBased(MembershipAttack):
     name = "mia_rule_based"
+    access = Access.LABELS
     summary = "ART's rule-based (gap) attack: a correctly classified sample is called a member"
 
     def score(self, target: "Target", protocol: Protocol, context: AttackContext) -> Scores:
@@ -351,6 +374,7 @@ def _art_attack_model(target: "Target", input_type: str, model: str) -> Any:
 @register
 class BlackBox(MembershipAttack):
     name = "mia_black_box"
+    emits = (*MembershipAttack.emits, "known_members", "known_non_members")
     summary = "ART's MembershipInferenceBlackBox: an attack model learned on the target's outputs for known members and non-members"
     invertible = True
     params = (
@@ -404,11 +428,12 @@ class _ShadowTemplate:
 @register
 class Shadow(MembershipAttack):
     name = "mia_shadow"
+    emits = (*MembershipAttack.emits, "shadow_models", "shadow_train_size", "attacker_samples")
     summary = "ART ShadowModels (Shokri et al. 2017): shadows trained like the target on the attacker's data teach an attack model"
     invertible = True
     params = (
         *protocol_params(),
-        Param("shadows", Number(1, 64, integer=True), 3, "shadow models, each trained like the target"),
+        Param("shadows", Number(1, 64, integer=True), 3, "shadow models, each trained like the target", quick=1),
         Param("attack_model", Choice(ATTACK_MODELS), "rf", "ART's attack model type"),
     )
 
@@ -437,13 +462,15 @@ class Shadow(MembershipAttack):
 @register
 class LabelOnly(MembershipAttack):
     name = "mia_label_only"
+    access = Access.LABELS
+    emits = (*MembershipAttack.emits, "known_members", "known_non_members", "distance_threshold")
     summary = "ART LabelOnlyDecisionBoundary (Choquette-Choo et al. 2021): members lie farther from the boundary; sees labels only"
     params = (
         *protocol_params(members_default=100),
-        Param("calibration", Number(2, None, integer=True), 50, "known members (and non-members) that calibrate the distance threshold"),
-        Param("max_iter", Number(1, 1000, integer=True), 10, "HopSkipJump iterations per sample"),
-        Param("max_eval", Number(1, 100_000, integer=True), 1000, "HopSkipJump queries per gradient estimate"),
-        Param("init_eval", Number(1, 10_000, integer=True), 100, "HopSkipJump initial queries per gradient estimate"),
+        Param("calibration", Number(2, None, integer=True), 50, "known members (and non-members) that calibrate the distance threshold", quick=5),
+        Param("max_iter", Number(1, 1000, integer=True), 10, "HopSkipJump iterations per sample", quick=1),
+        Param("max_eval", Number(1, 100_000, integer=True), 1000, "HopSkipJump queries per gradient estimate", quick=10),
+        Param("init_eval", Number(1, 10_000, integer=True), 100, "HopSkipJump initial queries per gradient estimate", quick=5),
     )
 
     def score(self, target: "Target", protocol: Protocol, context: AttackContext) -> Scores:
@@ -454,14 +481,15 @@ class LabelOnly(MembershipAttack):
         hsj = {k: self.values[k] for k in ("max_iter", "max_eval", "init_eval")}
         seed_global(context.seed)
         attack = LabelOnlyDecisionBoundary(target_view(target, "labels"))
-        attack.calibrate_distance_threshold(
-            data.x[known_in], data.y[known_in], data.x[known_out], data.y[known_out], verbose=False, **hsj
-        )
-        # After supervised calibration ART maps distances to the calibration accuracy of their bin,
-        # which is not monotone in the distance; without the bins it returns sigmoid(distance - tau).
-        attack.threshold_bins = []
         idx = protocol.candidates
-        p = attack.infer(data.x[idx], data.y[idx], probabilities=True, verbose=False, **hsj)[:, 1].astype(np.float64)
+        with seeded_hop_skip_jump():
+            attack.calibrate_distance_threshold(
+                data.x[known_in], data.y[known_in], data.x[known_out], data.y[known_out], verbose=False, **hsj
+            )
+            # After supervised calibration ART maps distances to the calibration accuracy of their bin,
+            # which is not monotone in the distance; without the bins it returns sigmoid(distance - tau).
+            attack.threshold_bins = []
+            p = attack.infer(data.x[idx], data.y[idx], probabilities=True, verbose=False, **hsj)[:, 1].astype(np.float64)
         rows = size_rows(known_members=len(known_in), known_non_members=len(known_out))
         rows.append(count_row("distance_threshold", float(attack.distance_threshold_tau)))
         return Scores(p, decisions=p > 0.5, rows=rows)
@@ -540,13 +568,20 @@ class ReferenceAttack(MembershipAttack):
     the scores as known non-members) and a pool the reference models train on.
     """
 
+    emits = (*MembershipAttack.emits, "reference_models", "reference_train_size", "population_samples", "attacker_samples",
+             "reference_training_seconds", "reference_models_seconds", "reference_models_reused")
     params = (
         *protocol_params(),
-        Param("references", Number(1, 64, integer=True), 2, "reference models K, each trained like the target"),
+        Param("references", Number(1, 64, integer=True), 2, "reference models K, each trained like the target", quick=1),
         Param("mode", Choice(("offline", "online")), "offline", "offline: references never see the candidates; online: each candidate is in half of them (K >= 2)"),
         Param("population", Number(10, None, integer=True), 1000, "attacker samples no model trains on, used as known non-members (at most half the attacker's data)"),
         Param("reference_size", Number(1, None, integer=True), None, "training-set size of each reference model; default: the target's training split"),
     )
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: Location) -> None:
+        if values["mode"] == "online" and values["references"] < 2:
+            raise where.child("references").error(f"mode = \"online\" needs at least 2 (each candidate must be in some and out of some); got {values['references']}")
 
     def reads_logits(self) -> bool:
         return True
@@ -554,8 +589,6 @@ class ReferenceAttack(MembershipAttack):
     def signals(self, target: "Target", protocol: Protocol, context: AttackContext) -> ReferenceSignals:
         trainer = _require_trainer(context, self.name, target)
         k_total, mode = self.values["references"], self.values["mode"]
-        if mode == "online" and k_total < 2:
-            raise KansaError(f"{self.name} online needs references >= 2 (each candidate must be in some and out of some); got {k_total}")
         attacker = protocol.population
         n_pop = min(self.values["population"], len(attacker) // 2)
         if n_pop < 2:

@@ -20,8 +20,8 @@ class CarliniWagnerL2(MinimizationAttack):
     summary = "Carlini-Wagner L2 (2017): optimisation for the smallest L2 perturbation that flips the label"
     params = (
         *MinimizationAttack.params,
-        Param("steps", Number(1, 10_000, integer=True), 20, "optimiser steps per binary-search step"),
-        Param("search_steps", Number(1, 100, integer=True), 5, "binary-search steps over the trade-off constant"),
+        Param("steps", Number(1, 10_000, integer=True), 20, "optimiser steps per binary-search step", quick=3),
+        Param("search_steps", Number(1, 100, integer=True), 5, "binary-search steps over the trade-off constant", quick=1),
         Param("learning_rate", Number(0, 10, closed="right"), 0.1, "optimiser step size"),
         Param("initial_const", Number(0, 1e6, closed="right"), 10.0, "starting trade-off constant (a small one leaves most samples unflipped: bench/RESULTS.md)"),
     )
@@ -47,7 +47,7 @@ class DeepFool(MinimizationAttack):
     summary = "DeepFool (Moosavi-Dezfooli et al. 2016): iterated linearisation towards the nearest decision boundary (L2)"
     params = (
         *MinimizationAttack.params,
-        Param("steps", Number(1, 10_000, integer=True), 50, "maximum iterations"),
+        Param("steps", Number(1, 10_000, integer=True), 50, "maximum iterations", quick=3),
         Param("overshoot", Number(0, 1), 0.02, "step past the boundary, so the label really flips"),
     )
 

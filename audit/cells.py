@@ -153,7 +153,8 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     metric_rows = output.rows if repeats == 1 else mean_over_repeats([run.rows for run in runs])
     artifact = f"{slug(task.model)}-{slug(task.defense)}-{slug(task.attack)}-{task.key[:8]}"
     record.update(repeats=repeats, seconds=seconds, status="ok", artifact=f"artifacts/{artifact}.npz")
-    rows = [{**row, **where} for row in metric_rows] + [count_row("attack_seconds", seconds, category="cost", attack=task.attack)]
+    # a row's own category wins: an attack's timing rows are cost, whatever the attack's kind
+    rows = [{**where, **row} for row in metric_rows] + [count_row("attack_seconds", seconds, category="cost", attack=task.attack)]
     arrays = {**output.artifacts, **{f"sample/{k}": v for k, v in output.per_sample.items()}}
     return CellResult(task.key, record, rows, arrays)
 
@@ -184,7 +185,7 @@ def finish_variant(session: AuditSession, task: Task) -> CellResult:
         attack_id = cell.record["attack"]
         attack = _attack(config, attack_id)
         rows += cell.rows
-        if cell.record["status"] == "ok" and attack.category == "integrity":
+        if cell.record["status"] == "ok" and attack.norm is not None:
             attacks[attack_id] = attack
             outputs[attack_id] = (attack.norm, AttackOutput(cell.rows, cell.per_sample))
     record = {"model": task.model, "defense": task.defense, "attack": "", "status": "ok"}

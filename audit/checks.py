@@ -116,7 +116,7 @@ def table_checks(table: pd.DataFrame, attacks: dict[str, "Attack"]) -> list[dict
             rises = [(e1, e2, v1[0], v2[0]) for (e1, v1), (e2, v2) in zip(curve, curve[1:]) if v2[0] - v1[0] > tolerance(v2[1])]
             message = "; ".join(f"robust accuracy rises from {a:.3f} at eps {e1:g} to {b:.3f} at eps {e2:g}" for e1, e2, a, b in rises)
             rows.append(flag("not_monotonic_in_eps", bool(rises), message or f"robust accuracy falls with eps over {len(curve)} values", attack_id))
-        if attack.gradient_access and not attack.single_step:
+        if attack.white_box and not attack.single_step:
             for single_id, single in attacks.items():
                 if not single.single_step or single.norm != attack.norm:
                     continue
@@ -126,13 +126,13 @@ def table_checks(table: pd.DataFrame, attacks: dict[str, "Attack"]) -> list[dict
                         rows.append(flag("iterative_weaker_than_single_step", v - s > tolerance(n),
                                          f"{attack_id} {v:.3f} vs {single_id} {s:.3f} at eps {eps:g}", attack_id, eps))
     for attack_id, attack in attacks.items():
-        if attack.gradient_access:
+        if attack.white_box:
             continue
         for (a, eps), (v, n) in value.items():
             if a != attack_id:
                 continue
             white = {w: value[(w, eps)][0] for w, other in attacks.items()
-                     if other.gradient_access and other.norm == attack.norm and (w, eps) in value}
+                     if other.white_box and other.norm == attack.norm and (w, eps) in value}
             if white:
                 best = min(white, key=white.get)
                 rows.append(flag("black_box_stronger_than_white_box", white[best] - v > tolerance(n),
@@ -158,8 +158,8 @@ def probe_noise(target: "Target", x: np.ndarray, y: np.ndarray, table: pd.DataFr
     rng = np.random.default_rng(seed)
     robust = _robust(table)
     rows: list[dict[str, Any]] = []
-    for norm in sorted({a.norm for a in attacks.values() if a.gradient_access}):
-        ids = [i for i, a in attacks.items() if a.gradient_access and a.norm == norm]
+    for norm in sorted({a.norm for a in attacks.values() if a.white_box}):
+        ids = [i for i, a in attacks.items() if a.white_box and a.norm == norm]
         at_norm = robust[robust["attack"].isin(ids)]
         for eps, group in at_norm.groupby("param_value"):
             noisy = target.predict(_noise(x, eps, norm, rng, target.clip_values)) == y
@@ -184,25 +184,25 @@ def probe_large_eps(target: "Target", x: np.ndarray, y: np.ndarray, n_classes: i
 
 
 def probe_convergence(target: "Target", x: np.ndarray, y: np.ndarray, table: pd.DataFrame, attacks: dict[str, "Attack"]) -> list[dict[str, Any]]:
-    """Twice the steps and one more restart must not make a converged iterative attack much stronger."""
-    from attacks import registry
+    """A converged white-box attack must not become much stronger with more effort (each attack says what more effort is)."""
+    from attacks.base import EvasionAttack
 
     robust = _robust(table)
     rows = []
     for attack_id, attack in attacks.items():
-        if not attack.gradient_access or "steps" not in attack.values or "random_starts" not in attack.values or not hasattr(attack, "perturb"):
+        if not attack.white_box or not isinstance(attack, EvasionAttack):
             continue
         curve = robust[robust["attack"] == attack_id]
         if curve.empty:
             continue
         middle = curve.loc[(curve["value"] - 0.5).abs().idxmin()]
         eps = float(middle["param_value"])
-        stronger = registry()[attack.name](**{**attack.values, "eps": [eps], "steps": 2 * attack.values["steps"],
-                                              "random_starts": attack.values["random_starts"] + 1})
-        value = float((target.predict(stronger.perturb(target, x, y, eps)) == y).mean())
+        stronger = attack.strengthened(eps)
+        if stronger is None:
+            continue
+        value = float((target.predict(stronger.attack.perturb(target, x, y, eps)) == y).mean())
         rows.append(flag("not_converged", middle["value"] - value > tolerance(len(y)),
-                         f"{attack_id} at eps {eps:g}: {middle['value']:.3f} with {attack.values['steps']} steps, "
-                         f"{value:.3f} with {2 * attack.values['steps']} steps and one more restart", attack_id, eps))
+                         f"{attack_id} at eps {eps:g}: {middle['value']:.3f} as configured, {value:.3f} with {stronger.how}", attack_id, eps))
     return rows
 
 

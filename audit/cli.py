@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="list attacks and defenses with their parameters")
     listing.add_argument("--schema", action="store_true", help="print the whole config schema as Markdown")
+    listing.add_argument("--metrics", action="store_true", help="print every metric of the results table as Markdown")
     return parser
 
 
@@ -175,10 +176,14 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from audit.config import load_config
+    from audit.config import check_against_data, load_config
+    from audit.session import load_audit_data
 
     config = load_config(args.config)
-    print(f"{args.config}: valid ({len(config.models)} model(s), {len(config.attacks)} attack(s))")
+    dataset, splits = load_audit_data(config)
+    check_against_data(config, dataset, splits)
+    print(f"{args.config}: valid ({len(config.models)} model(s), {len(config.attacks)} attack(s), {len(config.defenses)} defense(s); "
+          f"data {dataset.name}: {len(dataset.y)} {dataset.kind} samples, {dataset.n_classes} classes)")
     return EXIT_OK
 
 
@@ -191,6 +196,12 @@ def _list(args: argparse.Namespace) -> int:
         from audit.config import schema_markdown
 
         print(schema_markdown(), end="")
+        return EXIT_OK
+    if args.metrics:
+        from audit.metrics import metrics_markdown
+
+        attacks(), defenses()  # third-party components declare their metrics when imported
+        print(metrics_markdown(), end="")
         return EXIT_OK
     for heading, members, family in (("attacks", attacks(), "category"), ("defenses", defenses(), "stage")):
         print(f"{heading}:")

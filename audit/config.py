@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit.checks import CHECKS_PARAMS, WAIVER_PARAMS, validate_waivers
 from audit.data import validate_data_config
@@ -18,6 +18,9 @@ from audit.errors import ConfigError
 from audit.gates import validate_gates_config
 from audit.models import validate_model_config
 from audit.params import Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, optional_tables, validate_tagged
+
+if TYPE_CHECKING:
+    from audit.data import Dataset, Splits
 
 TOP_PARAMS = (
     Param("title", Text(), "Kansa audit", "report title"),
@@ -86,10 +89,15 @@ class Config:
     component: dict[str, Any]
     attestations: list[dict[str, Any]]
     text: str
+    label: str = ""
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def location(self) -> Location:
+        return Location(self.label or str(self.path))
 
     def validated(self) -> dict[str, Any]:
         return {
@@ -172,6 +180,7 @@ def validate_attack_config(table: Any, where: Location) -> dict[str, Any]:
     name, attack_id = values.pop("name"), values.pop("id")
     if (attack_id or name) in ENSEMBLE.values():
         raise where.child("id").error(f'"{attack_id or name}" is reserved for the per-sample worst case over all attacks')
+    attacks[name].check(values, where)
     return {"name": name, "id": attack_id or name, "params": values}
 
 
@@ -242,7 +251,23 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
         component=component,
         attestations=attestations,
         text=text,
+        label=label,
     )
+
+
+def check_against_data(config: Config, dataset: "Dataset", splits: "Splits") -> None:
+    """Every configured attack and defense must apply to the loaded data; the first that does not is a config error naming its key.
+
+    Run before anything is trained, so `kansa validate` and the first second of `kansa run` say what a
+    run would otherwise find out only when the piece fails.
+    """
+    from attacks import registry as attacks
+    from defenses import registry as defenses
+
+    where = config.location
+    for table, family in (("attacks", attacks()), ("defenses", defenses())):
+        for i, entry in enumerate(getattr(config, table)):
+            family[entry["name"]].check_data(entry["params"], dataset, splits, where.child(table).child(i))
 
 
 def schema_markdown() -> str:

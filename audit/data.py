@@ -89,6 +89,15 @@ class Dataset:
     def n_classes(self) -> int:
         return len(self.class_names)
 
+    def values_outside_range(self) -> int:
+        low, high = self.input_range
+        return int(((self.x < low) | (self.x > high)).sum())
+
+    @property
+    def kind(self) -> str:
+        """"image" (inputs of shape (C, H, W)) or "tabular" (feature vectors): what attacks and defenses declare they need."""
+        return "image" if self.is_image else "tabular"
+
     def digest(self) -> str:
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(self.x).tobytes())
@@ -366,12 +375,12 @@ def quality_rows(dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
         )
     )
     low, high = dataset.input_range
-    outside = int(((dataset.x < low) | (dataset.x > high)).sum())
+    outside = dataset.values_outside_range()
     rows.append(
         count_row(
             "values_outside_range",
             outside,
-            message=f"{outside} values lie outside the declared input_range [{low:g}, {high:g}]; attacks clip them" if outside else "",
+            message=f"{outside} values lie outside the declared input_range [{low:g}, {high:g}]; integrity attacks refuse such data" if outside else "",
             **where,
         )
     )

@@ -16,14 +16,11 @@ import pandas as pd
 
 from attacks.base import ENSEMBLE
 from audit.checks import masking_flags
+from audit.metrics import Direction, metric_info
 from audit.params import REQUIRED, Choice, Flag, Location, Number, Param, ParamSet, Text, optional_tables
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 SEVERITY = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
-
-# Which way is better, for regression gates with direction = "auto".
-HIGHER_IS_BETTER = {"accuracy", "clean_accuracy", "robust_accuracy", "precision", "recall"}
-LOWER_IS_BETTER = {"success_rate", "auc", "advantage", "tpr_at_fpr", "leakage", "balanced_accuracy"}
 
 OPERATORS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
 
@@ -108,12 +105,10 @@ def validate_gates_config(tables: Any, where: Location) -> list[dict[str, Any]]:
     return gates
 
 
-def _direction(metric: str) -> str | None:
-    if metric in HIGHER_IS_BETTER:
-        return "higher_is_better"
-    if metric in LOWER_IS_BETTER:
-        return "lower_is_better"
-    return None
+def _direction(metric: str) -> Direction | None:
+    """Which way is better for direction = "auto": the registry's, or None when it has no better side or is unknown."""
+    info = metric_info(metric)
+    return info.direction if info is not None and info.direction != Direction.NEUTRAL else None
 
 
 def _select(table: pd.DataFrame, gate: Gate) -> pd.DataFrame:
@@ -161,7 +156,7 @@ def _half_width(low: float, high: float) -> float:
 
 
 def _check_regression(gate: Gate, row: pd.Series, base: pd.Series) -> tuple[str, str]:
-    sign = 1.0 if (gate.direction if gate.direction != "auto" else _direction(gate.metric)) == "higher_is_better" else -1.0
+    sign = 1.0 if (gate.direction if gate.direction != "auto" else _direction(gate.metric)) == Direction.HIGHER else -1.0
     degradation = sign * (base["value"] - row["value"])
     allowed = gate.tolerance * abs(base["value"]) if gate.relative else gate.tolerance
     # Independent estimates: the change's half-width combines both 95% half-widths in quadrature.

@@ -222,12 +222,18 @@ class AnyOf(Constraint):
 
 @dataclass(frozen=True)
 class Param:
-    """One named parameter: its constraint, default and a one-line reason for it."""
+    """One named parameter: its constraint, default and a one-line reason for it.
+
+    `quick` is a budget (steps, queries, models to train) small enough for a smoke run that still goes
+    through every code path: the conformance tests run every registered attack and defense with it,
+    a third-party one included, so a plugin declares it beside the default it shrinks.
+    """
 
     name: str
     constraint: Constraint
     default: Any = REQUIRED
     doc: str = ""
+    quick: Any = None
 
     @property
     def required(self) -> bool:
@@ -306,6 +312,11 @@ def optional_tables(value: Any, where: Location) -> list[Any]:
         name = where.path.rsplit(".", 1)[-1]
         raise where.error(f"expected one or more [[{name}]] tables, got {_show(value)}")
     return value
+
+
+def quick_values(params: Sequence[Param]) -> dict[str, Any]:
+    """The declared smoke-run budgets: parameter name -> its `quick` value."""
+    return {p.name: p.quick for p in params if p.quick is not None}
 
 
 def describe_params(params: Sequence[Param]) -> list[dict[str, str]]:

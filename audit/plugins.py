@@ -8,11 +8,50 @@ from __future__ import annotations
 
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from audit.errors import KansaError
+from audit.params import Location, Param, ParamSet
+
+if TYPE_CHECKING:
+    from audit.data import Dataset, Splits
 
 T = TypeVar("T", bound=type)
+
+DATA_KINDS = ("image", "tabular")
+
+
+class Component:
+    """What attacks and defenses share: a name, declared parameters, and the data they apply to.
+
+    Whether a component applies is declared (`data_kinds`, `check_data`) rather than discovered when
+    it fails halfway through a run: `kansa validate` and the start of `kansa run` ask every configured
+    component, so a piece that cannot work on the data is a config error naming its key.
+    """
+
+    family: ClassVar[str] = "component"
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    randomized: ClassVar[bool] = False
+    data_kinds: ClassVar[tuple[str, ...]] = DATA_KINDS
+    data_note: ClassVar[str] = ""
+
+    def __init__(self, **values: Any) -> None:
+        where = Location(f"{self.family} {self.name}")
+        self.values = ParamSet(self.params).validate(values, where)
+        self.check(self.values, where)
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: Location) -> None:
+        """Reject parameter combinations that no single declaration can express (raise `where.error`)."""
+
+    @classmethod
+    def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
+        """Refuse data this component cannot work on, with the reason; subclasses may add conditions on their values."""
+        if dataset.kind not in cls.data_kinds:
+            raise where.error(f"{cls.family} {cls.name} does not apply to {dataset.kind} data ({dataset.name}): it needs "
+                              f"{' or '.join(cls.data_kinds)} inputs" + (f"; {cls.data_note}" if cls.data_note else ""))
 
 
 class Registry(Generic[T]):

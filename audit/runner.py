@@ -21,7 +21,7 @@ from typing import Any
 
 from audit.cache import array_digest, default_cache_path
 from audit.cells import JOURNAL, JOURNAL_OWNER, CellResult, Task, content_key, load_cell, save_cell, waived
-from audit.config import UNDEFENDED, Config, load_config
+from audit.config import UNDEFENDED, Config, check_against_data, load_config
 from audit.data import quality_rows
 from audit.errors import KansaError
 from audit.executors import Executor, make_executor
@@ -170,6 +170,7 @@ def run_audit(
     session = AuditSession(config, cache_root, progress)
     adopt_session(session)  # local tasks run on this very session
     dataset, splits = session.dataset, session.splits
+    check_against_data(config, dataset, splits)
     progress.say(
         f"data {dataset.name}: {len(dataset.y)} samples, {dataset.n_classes} classes, "
         f"split {len(splits.train)} / {len(splits.holdout)} / {len(splits.test)}"

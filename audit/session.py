@@ -49,6 +49,12 @@ def derive_seed(seed: int, *labels: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
+def load_audit_data(config: Config) -> tuple[Dataset, Splits]:
+    """The config's data and its seeded train / hold-out / test split, exactly as every run of it sees them."""
+    dataset = load_dataset(config.data, config.base_dir, derive_seed(config.seed, "sample"))
+    return dataset, split_dataset(dataset, config.data["split"], derive_seed(config.seed, "split"))
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
@@ -238,8 +244,7 @@ class AuditSession:
     def __init__(self, config: Config, cache_root: Path | None, progress: Progress) -> None:
         self.config, self.progress = config, progress
         self.cache = WeightCache(cache_root)
-        self.dataset = load_dataset(config.data, config.base_dir, derive_seed(config.seed, "sample"))
-        self.splits = split_dataset(self.dataset, config.data["split"], derive_seed(config.seed, "split"))
+        self.dataset, self.splits = load_audit_data(config)
         eval_idx = self.splits.test
         limit = config.evaluation["samples"]
         if limit is not None and limit < len(eval_idx):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 
 from audit.errors import KansaError
-from audit.params import Location, Param, ParamSet
+from audit.plugins import Component
 from audit.results import count_row
 
 if TYPE_CHECKING:
@@ -92,26 +92,14 @@ class Defended:
     cached: bool = False
 
 
-class Defense(ABC):
+class Defense(Component, ABC):
     """A named defense with declared parameters. Subclasses set the class attributes and `apply`.
 
     `randomized` defenses are attacked through an expectation over several passes.
     """
 
-    name: ClassVar[str]
+    family = "defense"
     stage: ClassVar[str]
-    summary: ClassVar[str]
-    params: ClassVar[tuple[Param, ...]] = ()
-    randomized: ClassVar[bool] = False
-
-    def __init__(self, **values: Any) -> None:
-        where = Location(f"defense {self.name}")
-        self.values = ParamSet(self.params).validate(values, where)
-        self.check(self.values, where)
-
-    @classmethod
-    def check(cls, values: dict[str, Any], where: Location) -> None:
-        """Reject parameter combinations that no single declaration can express (raise `where.error`)."""
 
     @abstractmethod
     def apply(self, context: DefenseContext) -> Defended:

@@ -105,7 +105,7 @@ class Distillation(Defense):
         Param("architecture", Choice(("auto", "cnn", "mlp")), "auto", "student architecture (auto: the teacher's built-in architecture, or cnn for images)"),
         Param("temperature", Number(0, 1000, closed="neither"), 4.0, "softmax temperature of the soft targets"),
         Param("soft_weight", Number(0, 1), 0.9, "weight of the soft-target loss; the rest is cross-entropy on true labels"),
-        Param("epochs", Number(1, 10_000, integer=True), None, "training epochs (default: the model's)"),
+        Param("epochs", Number(1, 10_000, integer=True), None, "training epochs (default: the model's)", quick=1),
     )
 
     def apply(self, context: DefenseContext) -> Defended:

@@ -24,8 +24,33 @@ MAX_CHANGE = Param("max_prediction_change", Number(0, 1), 0.01,
                    "refuse the defense when it changes more than this share of test predictions (label-preserving ones only)")
 
 
-def output_transform(inner: "torch.nn.Module", output_kind: str, transform: Callable[[np.ndarray], np.ndarray]) -> "torch.nn.Module":
-    """The post-processed probabilities (as their log, so they act as logits); no gradient flows through."""
+# Added to the log-probability of the model's own top class where post-processing left it tied with others;
+# large enough to survive float32 beside log(1e-12), small enough to reveal nothing but the decision.
+TIE_MARGIN = 1e-4
+
+
+def break_ties(log_processed: np.ndarray, top1: np.ndarray) -> np.ndarray:
+    """Where the original top class shares the maximum with others (rounding makes such ties), it wins the tie.
+
+    Without this the argmax falls to the first tied class and a post-processor meant only to hide
+    confidences changes decisions. A row whose original top class is not among the maxima is left
+    alone: that is a changed decision, for the guard to count.
+    """
+    best = log_processed.max(axis=1)
+    rows = np.arange(len(top1))
+    tied = (log_processed == best[:, None]).sum(axis=1) > 1
+    wins = tied & (log_processed[rows, top1] == best)
+    out = log_processed.copy()
+    out[rows[wins], top1[wins]] += TIE_MARGIN
+    return out
+
+
+def output_transform(inner: "torch.nn.Module", output_kind: str, transform: Callable[[np.ndarray], np.ndarray],
+                     keep_decisions: bool = False) -> "torch.nn.Module":
+    """The post-processed probabilities (as their log, so they act as logits); no gradient flows through.
+
+    `keep_decisions`: ties the post-processing creates are broken toward the model's own top class.
+    """
     import torch
 
     class OutputTransform(torch.nn.Module):
@@ -38,7 +63,10 @@ def output_transform(inner: "torch.nn.Module", output_kind: str, transform: Call
                 raw = self.inner(x)
                 probabilities = torch.softmax(raw, dim=1) if output_kind == "logits" else raw
                 processed = np.asarray(transform(probabilities.cpu().numpy().astype(np.float64)), dtype=np.float64)
-            return torch.from_numpy(np.log(np.clip(processed, 1e-12, None))).to(raw.dtype)
+                log_processed = np.log(np.clip(processed, 1e-12, None))
+                if keep_decisions:
+                    log_processed = break_ties(log_processed, raw.argmax(dim=1).cpu().numpy())
+            return torch.from_numpy(log_processed).to(raw.dtype)
 
     return OutputTransform().eval()
 
@@ -69,7 +97,7 @@ class _Postprocessor(Defense):
         import torch
 
         art_postprocessor = self.postprocessor()
-        module = output_transform(context.base, context.output_kind, art_postprocessor)
+        module = output_transform(context.base, context.output_kind, art_postprocessor, keep_decisions=self.preserves_labels)
         x_test = torch.from_numpy(context.dataset.x[context.splits.test])
         with torch.no_grad():
             before, after = context.base(x_test).numpy(), module(x_test).exp().numpy()
@@ -86,7 +114,7 @@ class _Postprocessor(Defense):
 class Rounded(_Postprocessor):
     name = "rounded"
     summary = "Round output probabilities to a few decimals (ART's Rounded)"
-    params = (Param("decimals", Number(0, 10, integer=True), 2, "decimals kept"), MAX_CHANGE)
+    params = (Param("decimals", Number(1, 10, integer=True), 2, "decimals kept (ART refuses 0)"), MAX_CHANGE)
 
     def postprocessor(self) -> Any:
         from art.defences.postprocessor import Rounded as ARTRounded

@@ -8,16 +8,18 @@ several passes (EoT). Evaluating them only against the undefended model would ov
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from audit.params import Number, Param
+from audit.params import Location, Number, Param
 from defenses import register
-from defenses.base import Defended, Defense, DefenseContext, DefenseError, note_row
+from defenses.base import Defended, Defense, DefenseContext, note_row
 
 if TYPE_CHECKING:
     import torch
+
+    from audit.data import Dataset, Splits
 
 
 def straight_through_input(inner: "torch.nn.Module", transform: Callable[[np.ndarray], np.ndarray]) -> "torch.nn.Module":
@@ -38,15 +40,12 @@ def straight_through_input(inner: "torch.nn.Module", transform: Callable[[np.nda
 
 class _Preprocessor(Defense):
     stage = "preprocessing"
-    needs_image: ClassVar[bool] = False
 
     @abstractmethod
     def preprocessor(self, context: DefenseContext) -> Any:
         """The ART preprocessor (called as `p(x)` -> `(x', y)`)."""
 
     def apply(self, context: DefenseContext) -> Defended:
-        if self.needs_image and not context.dataset.is_image:
-            raise DefenseError(f"{self.name} needs image inputs (C, H, W); the data {context.dataset.name} is tabular")
         art_preprocessor = self.preprocessor(context)
 
         def transform(x: np.ndarray) -> np.ndarray:
@@ -72,7 +71,8 @@ class FeatureSqueezing(_Preprocessor):
 @register
 class SpatialSmoothing(_Preprocessor):
     name = "spatial_smoothing"
-    needs_image = True
+    data_kinds = ("image",)
+    data_note = "a median filter runs over neighbouring pixels, which feature vectors do not have"
     summary = "Spatial smoothing through ART: a median filter over each image"
     params = (Param("window_size", Number(2, 64, integer=True), 3, "median filter window (pixels)"),)
 
@@ -85,14 +85,16 @@ class SpatialSmoothing(_Preprocessor):
 @register
 class JpegCompression(_Preprocessor):
     name = "jpeg_compression"
-    needs_image = True
+    data_kinds = ("image",)
+    data_note = "JPEG encodes images of 1 or 3 channels"
     summary = "JPEG compression through ART: re-encode every image at a lossy quality"
     params = (Param("quality", Number(1, 100, integer=True), 50, "JPEG quality"),)
 
-    def apply(self, context: DefenseContext) -> Defended:
-        if context.dataset.is_image and context.dataset.input_shape[0] not in (1, 3):
-            raise DefenseError(f"jpeg_compression needs 1 or 3 channels; the images have {context.dataset.input_shape[0]}")
-        return super().apply(context)
+    @classmethod
+    def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
+        super().check_data(values, dataset, splits, where)
+        if dataset.input_shape[0] not in (1, 3):
+            raise where.error(f"defense jpeg_compression needs images of 1 or 3 channels; {dataset.name} has {dataset.input_shape[0]}")
 
     def preprocessor(self, context: DefenseContext) -> Any:
         from art.defences.preprocessor import JpegCompression as ARTJpegCompression

@@ -24,7 +24,7 @@ from defenses.base import Defended, Defense, DefenseContext, DefenseError, note_
 if TYPE_CHECKING:
     import torch
 
-EPOCHS = Param("epochs", Number(1, 10_000, integer=True), None, "training epochs (default: the model's)")
+EPOCHS = Param("epochs", Number(1, 10_000, integer=True), None, "training epochs (default: the model's)", quick=1)
 BATCH = Param("batch_size", Number(1, 1_000_000, integer=True), None, "training batch size (default: the model's)")
 EPS = Param("eps", Number(0, None, closed="neither"), 0.1, "L-inf radius of the training perturbations")
 
@@ -90,7 +90,7 @@ def _pgd(classifier: Any, eps: float, steps: int, batch_size: int) -> Any:
                                     num_random_init=1, batch_size=batch_size, verbose=False)
 
 
-STEPS = Param("steps", Number(1, 1_000, integer=True), 7, "PGD steps per training batch")
+STEPS = Param("steps", Number(1, 1_000, integer=True), 7, "PGD steps per training batch", quick=2)
 
 
 @register
@@ -166,7 +166,7 @@ class DPSGD(Defense):
     summary = "Differentially private SGD (Abadi et al. 2016) through Opacus: per-sample clipping plus Gaussian noise"
     params = (
         Param("target_epsilon", Number(0, None, closed="neither"), None, "privacy budget to reach (give this or noise_multiplier)"),
-        Param("noise_multiplier", Number(0, None, closed="neither"), None, "noise std / clip norm (give this or target_epsilon)"),
+        Param("noise_multiplier", Number(0, None, closed="neither"), None, "noise std / clip norm (give this or target_epsilon)", quick=1.0),
         Param("delta", Number(0, 1, closed="neither"), None, "privacy delta (default: 1 / (10 x training samples))"),
         Param("max_grad_norm", Number(0, None, closed="neither"), 1.0, "per-sample gradient clip norm"),
         EPOCHS,

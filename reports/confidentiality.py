@@ -94,13 +94,15 @@ def _membership(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple
     if best is not None:
         found = arrays[(*variant, best)]
         classes = meta["data"]["classes"]
-        captions = [f"#{i} {classes[int(c)]} s={s:.3g}" for i, c, s in zip(found["exposed_index"], found["exposed_label"], found["exposed_score"])]
+        samples = [{"row": int(i), "label": classes[int(c)], "score": f"{s:.3g}"}
+                   for i, c, s in zip(found["exposed_index"], found["exposed_label"], found["exposed_score"])]
+        captions = [f"#{e['row']} {e['label']} s={e['score']}" for e in samples]
         exposed = {
             "attack": best,
             "image": figures.image_rows([("most exposed", found["exposed_x"], captions)], tuple(meta["data"]["input_range"]))
             if meta["data"]["is_image"]
             else None,
-            "items": captions,
+            "samples": samples,
         }
     return {
         "fprs": [f"{a:g}" for a in fprs],

@@ -283,10 +283,11 @@ def _diagnostics(run: Run) -> dict[str, Any]:
     notes = table[(table["message"] != "") & (table["status"] == "ok") & ~table["category"].isin(shown_elsewhere)]
     limitations = [run.t("lim_bounds"), run.t("lim_samples", n=run.meta["data"]["evaluation_samples"])]
     from attacks import registry
+    from attacks.base import Access
 
     attacks = registry()
     run_attacks = [a["name"] for a in run.meta["config"]["attacks"]]
-    if not any(not attacks[name].gradient_access for name in run_attacks if name in attacks):
+    if not any(attacks[name].access is not Access.GRADIENTS for name in run_attacks if name in attacks):
         limitations.append(run.t("lim_no_blackbox"))
     if not run.has("confidentiality"):
         limitations.append(run.t("lim_no_confidentiality"))
@@ -317,16 +318,28 @@ SECTIONS: list[tuple[str, Callable[[Run], dict[str, Any] | None]]] = [
 PLAIN_SECTIONS = ("scorecard", "defenses", "diagnostics", "appendix")
 
 
-def _environment() -> "Environment":
-    """Every template renders with autoescaping: names and messages in the table are user text."""
+def template_environment() -> "Environment":
+    """Every template renders with autoescaping: names and messages in the table are user text.
+
+    `a.b` on a dict reads the key `b` before any attribute: jinja's default prefers attributes, so a
+    context key named like a dict method (`items`, `values`) rendered the method instead of the data.
+    """
+    from collections.abc import Mapping
+
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
+    class KeysFirst(Environment):
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            if isinstance(obj, Mapping) and attribute in obj:
+                return obj[attribute]
+            return super().getattr(obj, attribute)
+
+    return KeysFirst(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
 
 
 def render_html(result: AuditResult, lang: str = "en") -> str:
     run = build_run(result, lang)
-    env = _environment()
+    env = template_environment()
     sections = []
     for key, build in SECTIONS:
         context = build(run)
@@ -345,7 +358,7 @@ def render_comparison_html(comparison: pd.DataFrame, runs: list[dict[str, Any]],
     from reports.i18n import translator
 
     t = translator(lang)
-    return _environment().get_template("comparison.html.j2").render(
+    return template_environment().get_template("comparison.html.j2").render(
         ctx=comparison_context(comparison, t, robust), runs=runs, t=t, lang=lang
     )
 

@@ -191,6 +191,8 @@ TEXT: dict[str, tuple[str, str]] = {
         "漏洩は学習型の攻撃モデルについて示します (メンバーを非メンバーより低く順位付けることがあり、AUC が 0.5 未満でも漏洩です)。バランス正解率は攻撃自身の判定がある場合 (学習モデル・規則) はその判定で、スコアのみの攻撃では最良の閾値 (1 + 優位性) / 2 で求めた楽観的な値です。損失・ロジットに基づく攻撃は出力後処理の前のモデルを読みます。",
     ),
     "exposed": ("Training samples most exposed by {attack} (the members it scores highest; #dataset index, class, score):", "{attack} が最も露出させた学習データ (スコア上位のメンバー; #データ番号, クラス, スコア):"),
+    "exposed_row": ("Dataset row", "データ行"),
+    "exposed_score": ("Membership score", "メンバーシップスコア"),
     "inversion": ("Model inversion", "モデル反転"),
     "inv_intro": (
         "One reconstruction per class ({iterations} gradient steps), compared with the class-mean training images; the start image is the baseline every measure is compared against. Gain in correlation with the own class mean over the baseline:",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attacks import register, registry
-from attacks.base import Attack, AttackContext, AttackOutput
+from attacks.base import Attack, AttackContext, AttackKind, AttackOutput
 from attacks.evasion import FGSM, PGD
 from audit import run_audit
 from audit.errors import KansaError
@@ -89,7 +89,7 @@ def test_a_linf_eps_wider_than_the_input_range_is_refused(eval_set):
 
 class Exploding(Attack):
     name = "exploding-test-attack"
-    category = "integrity"
+    kind = AttackKind.EVASION
     summary = "raises, to show a failing attack is recorded and the audit goes on"
 
     def run(self, target, x, y, context):

@@ -60,10 +60,11 @@ REFUSED = {
     "config_bad.yaml": "config_bad.yaml: invalid YAML",
     "config_top_level_list.yaml": "config_top_level_list.yaml: expected a table of settings at the top level, got list",
     "config_not_utf8.toml": "config_not_utf8.toml: cannot read the file",
+    "values_out_of_range.toml": "attacks[0]: attack fgsm cannot measure robustness on these inputs: 1 values of out_of_range.csv lie outside the declared input_range [0, 1]",
 }
 FINDINGS = {
     "nan_inf_rows.toml": ("nonfinite_rows_dropped", 2, "2 samples with NaN or infinite values were dropped"),
-    "values_out_of_range.toml": ("values_outside_range", 1, "1 values lie outside the declared input_range [0, 1]; attacks clip them"),
+    "values_out_of_range_privacy.toml": ("values_outside_range", 1, "1 values lie outside the declared input_range [0, 1]; integrity attacks refuse such data"),
     "model_pickle_allowed.toml": ("unsafe_pickle_loaded", 1, "was unpickled with allow_unsafe_pickle = true"),
 }
 
