@@ -10,7 +10,9 @@ STAMP   = $(VENV)/.kansa-installed
 audit: $(STAMP)
 	$(BIN)/kansa run audit/resources/example.toml --out runs/default
 
+# lint-imports checks the layering contracts in pyproject.toml before the suite runs.
 test: $(STAMP) browser
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 # The report's browser check needs Debian's chromium (and a Japanese font); install them when absent.

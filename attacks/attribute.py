@@ -16,10 +16,11 @@ import numpy as np
 
 from attacks import register
 from attacks.base import Access, Attack, AttackContext, AttackKind, AttackOutput
-from attacks.membership import check_protocol, draw_protocol, protocol_params, seed_global, target_view
+from attacks.membership import check_protocol, draw_protocol, protocol_params, target_view
 from audit.errors import KansaError
 from audit.params import Choice, Location, Number, Param
 from audit.results import count_row, mean_row, rate_row
+from audit.seeding import seed_everything
 
 if TYPE_CHECKING:
     from audit.data import Dataset, Splits
@@ -72,7 +73,7 @@ class AttributeInference(Attack):
             raise KansaError(f"feature {feature} takes a single value in the attacker's data; there is nothing to infer")
         model = self.values["attack_model"]
         view = target_view(target)
-        seed_global(context.seed)
+        seed_everything(context.seed)
         attack = AttributeInferenceBlackBox(view, attack_model_type=model, attack_feature=feature)
         attack.fit(data.x[attacker])
         baseline = AttributeInferenceBaseline(attack_model_type=model, attack_feature=feature)

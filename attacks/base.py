@@ -35,9 +35,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
+from audit.metrics import Category
 from audit.params import Choice, Location, Number, OneOrMany, Param
 from audit.plugins import Component
 from audit.results import mean_row, rate_row
+from audit.stats import softmax
 
 if TYPE_CHECKING:
     from audit.data import Dataset, Splits
@@ -82,7 +84,7 @@ class AttackKind(str, Enum):
     @property
     def category(self) -> str:
         """The `category` column of the rows: integrity for adversarial examples, confidentiality for privacy attacks."""
-        return "integrity" if self in (AttackKind.EVASION, AttackKind.MINIMIZATION) else "confidentiality"
+        return Category.INTEGRITY if self in (AttackKind.EVASION, AttackKind.MINIMIZATION) else Category.CONFIDENTIALITY
 
 
 class Access(str, Enum):
@@ -117,7 +119,7 @@ class Attack(Component, ABC):
     @classmethod
     def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
         super().check_data(values, dataset, splits, where)
-        outside = dataset.values_outside_range() if cls.kind.category == "integrity" else 0
+        outside = dataset.values_outside_range() if cls.kind.category == Category.INTEGRITY else 0
         if outside:
             low, high = dataset.input_range
             raise where.error(f"attack {cls.name} cannot measure robustness on these inputs: {outside} values of {dataset.name} lie outside "
@@ -139,12 +141,6 @@ def _finite(logits: np.ndarray, what: str, start: int) -> np.ndarray:
         raise ValueError(f"the model returned NaN or infinite outputs for {int(bad.sum())} of {len(bad)} {what} inputs"
                          f" (samples {start}-{start + len(bad) - 1})")
     return logits
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class _Gallery:
@@ -188,10 +184,10 @@ class _Gallery:
             "x_clean": joined("x_clean"),
             "y": joined("y"),
             "pred_clean": clean_logits.argmax(axis=1),
-            "conf_clean": _softmax(clean_logits).max(axis=1),
+            "conf_clean": softmax(clean_logits).max(axis=1),
             "x_adv": np.stack(per_eps("x_adv")),
             "pred_adv": np.stack([logits.argmax(axis=1) for logits in adv_logits]),
-            "conf_adv": np.stack([_softmax(logits).max(axis=1) for logits in adv_logits]),
+            "conf_adv": np.stack([softmax(logits).max(axis=1) for logits in adv_logits]),
         }
 
 

@@ -13,9 +13,10 @@ import numpy as np
 
 from attacks import register
 from attacks.base import Access, AttackContext, AttackOutput, EvasionAttack, MinimizationAttack
-from attacks.evasion import _norm
+from attacks.evasion import PGD, art_norm, square
 from audit.params import Choice, Number, Param
 from audit.results import rate_row
+from audit.seeding import derive_seed
 
 if TYPE_CHECKING:
     from audit.models import Target
@@ -47,13 +48,6 @@ def seeded_hop_skip_jump() -> Iterator[None]:
         yield
     finally:
         hop_skip_jump.np = original
-
-
-def square(target: "Target", x: np.ndarray, y: np.ndarray, eps: float, norm: str, queries: int, batch: int) -> np.ndarray:
-    from art.attacks.evasion import SquareAttack
-
-    attack = SquareAttack(target.art_classifier, norm=_norm(norm), eps=eps, max_iter=queries, batch_size=batch, verbose=False)
-    return attack.generate(x, y=y)
 
 
 @register
@@ -95,7 +89,7 @@ class HopSkipJump(MinimizationAttack):
 
         attack = ArtHopSkipJump(
             target.art_classifier,
-            norm=_norm(self.values["norm"]),
+            norm=art_norm(self.values["norm"]),
             max_iter=self.values["steps"],
             max_eval=self.values["max_queries"],
             init_eval=min(100, self.values["max_queries"]),
@@ -123,14 +117,12 @@ class Transfer(EvasionAttack):
         if context.train_like_target is None or context.dataset is None or context.splits is None:
             raise ValueError("a transfer attack needs the data splits and a way to train a surrogate")
         data, index, test = context.dataset, getattr(context.splits, self.values["surrogate_data"]), context.splits.test
-        self._surrogate = context.train_like_target(data.x[index], data.y[index], context.seed + 1)
+        self._surrogate = context.train_like_target(data.x[index], data.y[index], derive_seed(context.seed, "surrogate"))
         output = super().run(target, x, y, context)
         correct = int((self._surrogate.predict(data.x[test]) == data.y[test]).sum())
         output.rows.append(rate_row("surrogate_accuracy", correct, len(test)))
         return output
 
     def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
-        from attacks.evasion import PGD
-
         pgd = PGD(eps=eps, norm=self.values["norm"], steps=self.values["steps"], batch_size=self.values["batch_size"])
         return pgd.perturb(self._surrogate, x, y, eps)

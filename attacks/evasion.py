@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from audit.models import Target
 
 
-def _norm(value: str) -> float:
+def art_norm(value: str) -> float:
     return np.inf if value == "inf" else 2.0
 
 
@@ -99,7 +99,7 @@ def _random_start(x: "torch.Tensor", eps: float, norm: str, clip: tuple[float, f
     import torch
     from art.utils import random_sphere
 
-    noise = random_sphere(len(x), int(np.prod(x.shape[1:])), eps, _norm(norm)).reshape(x.shape).astype(np.float32)
+    noise = random_sphere(len(x), int(np.prod(x.shape[1:])), eps, art_norm(norm)).reshape(x.shape).astype(np.float32)
     return (x + torch.from_numpy(noise)).clamp(*clip)
 
 
@@ -178,7 +178,7 @@ class FGSM(_TorchOrArt):
     def art_attack(self, target: "Target", eps: float) -> Any:
         from art.attacks.evasion import FastGradientMethod
 
-        return FastGradientMethod(target.art_classifier, norm=_norm(self.norm), eps=eps, eps_step=eps, batch_size=self.values["batch_size"])
+        return FastGradientMethod(target.art_classifier, norm=art_norm(self.norm), eps=eps, eps_step=eps, batch_size=self.values["batch_size"])
 
     def torch_sweep(self, model: _Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
                     clip: tuple[float, float]) -> tuple["torch.Tensor", list["torch.Tensor"], list["torch.Tensor"]]:
@@ -214,7 +214,7 @@ class PGD(_TorchOrArt):
 
         return ProjectedGradientDescent(
             target.art_classifier,
-            norm=_norm(self.norm),
+            norm=art_norm(self.norm),
             eps=eps,
             eps_step=self.step(eps),
             max_iter=self.values["steps"],
@@ -307,12 +307,19 @@ class AutoPGD(EvasionAttack):
                     self.values["random_starts"], self.values["batch_size"])
 
 
+def square(target: "Target", x: np.ndarray, y: np.ndarray, eps: float, norm: str, queries: int, batch: int) -> np.ndarray:
+    from art.attacks.evasion import SquareAttack
+
+    attack = SquareAttack(target.art_classifier, norm=art_norm(norm), eps=eps, max_iter=queries, batch_size=batch, verbose=False)
+    return attack.generate(x, y=y)
+
+
 def apgd(target: "Target", x: np.ndarray, y: np.ndarray, eps: float, norm: str, loss: str, steps: int, starts: int, batch: int) -> np.ndarray:
     from art.attacks.evasion import AutoProjectedGradientDescent
 
     attack = AutoProjectedGradientDescent(
         target.art_classifier,
-        norm=_norm(norm),
+        norm=art_norm(norm),
         eps=eps,
         eps_step=2 * eps,
         max_iter=steps,
@@ -344,7 +351,6 @@ class AutoAttack(EvasionAttack):
 
     def stages(self, target: "Target", eps: float) -> tuple[list[_Stage], list[str]]:
         """The stages that apply to this target, and why each of the others was left out."""
-        from attacks.blackbox import square
 
         norm, steps, batch = self.values["norm"], self.values["steps"], self.values["batch_size"]
         kept = [_Stage("APGD-CE", lambda xs, ys: apgd(target, xs, ys, eps, norm, "ce", steps, 1, batch))]

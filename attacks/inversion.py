@@ -15,10 +15,11 @@ import numpy as np
 
 from attacks import register
 from attacks.base import Attack, AttackContext, AttackKind, AttackOutput
-from attacks.membership import draw_protocol, log_softmax64, target_view
+from attacks.membership import draw_protocol, target_view
 from audit.errors import KansaError
 from audit.params import Choice, Number, Param
 from audit.results import count_row, mean_row, rate_row
+from audit.stats import softmax
 
 if TYPE_CHECKING:
     from audit.models import Target
@@ -88,7 +89,7 @@ class MIFace(Attack):
         reconstructions = attack.infer(start.copy(), labels).astype(np.float32)
 
         def confidence(images: np.ndarray) -> np.ndarray:
-            return np.exp(log_softmax64(target.logits(images)))[labels, labels]
+            return softmax(target.logits(images))[labels, labels]
 
         similarity = correlation_matrix(reconstructions, class_means)
         baseline_similarity = correlation_matrix(start, class_means)

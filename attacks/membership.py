@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import random
 import weakref
 from abc import abstractmethod
 from dataclasses import dataclass, field
@@ -30,8 +29,11 @@ from attacks.base import Access, Attack, AttackContext, AttackKind, AttackOutput
 from attacks.blackbox import seeded_hop_skip_jump
 from attacks.privacy_metrics import evaluate_membership, exposed_samples, size_rows
 from audit.errors import KansaError
+from audit.metrics import Category
 from audit.params import Choice, Location, Number, OneOrMany, Param
-from audit.results import count_row
+from audit.results import UNDEFENDED, count_row
+from audit.seeding import content_seed, derive_seed, seed_everything
+from audit.stats import log_softmax, softmax
 
 if TYPE_CHECKING:
     from audit.data import Dataset, Splits
@@ -77,11 +79,7 @@ def _protocol_seed(context: AttackContext) -> int:
     Using the split rather than the per-cell seed gives all membership attacks of one audit the
     same members and non-members, so their ROC curves compare like for like.
     """
-    h = hashlib.sha256(b"kansa-membership-protocol")
-    for _, idx in context.splits.items():
-        h.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
-        h.update(b"|")
-    return int.from_bytes(h.digest()[:4], "little") & 0x7FFFFFFF
+    return content_seed("kansa-membership-protocol", *(idx for _, idx in context.splits.items()))
 
 
 def protocol_size(members: int | None, splits: "Splits") -> int:
@@ -131,15 +129,9 @@ def draw_protocol(context: AttackContext, members: int | None) -> Protocol:
 # --------------------------------------------------------------------------- signals and views
 
 
-def log_softmax64(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64)
-    shifted = z - z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
 def true_class_log_prob(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     """log p(y | x) = -cross-entropy loss, in float64 (never rounds to 0 for a confident model)."""
-    return log_softmax64(logits)[np.arange(len(y)), y]
+    return log_softmax(logits)[np.arange(len(y)), y]
 
 
 def logit_confidence(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -182,7 +174,7 @@ def _view_class() -> type:
             logits = self.kansa_target.logits(np.asarray(x, dtype=np.float32), batch_size)
             if self.output == "labels":
                 return np.eye(self.nb_classes)[logits.argmax(axis=1)]
-            return np.exp(log_softmax64(logits))
+            return softmax(logits)
 
         def compute_loss(self, x: np.ndarray, y: np.ndarray, reduction: str = "none", **kwargs: Any) -> np.ndarray:
             labels = np.asarray(y)
@@ -198,15 +190,6 @@ def target_view(target: "Target", output: str = "probabilities") -> Any:
     return _view_class()(target, output)
 
 
-def seed_global(seed: int) -> None:
-    """ART's default attack models and HopSkipJump draw from the global generators."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _require_trainer(context: AttackContext, attack: str, target: "Target") -> Trainer:
     if context.train_like_target is None:
         raise KansaError(
@@ -215,10 +198,6 @@ def _require_trainer(context: AttackContext, attack: str, target: "Target") -> T
             "or use an attack that needs no retraining (mia_loss, mia_confidence, mia_black_box)"
         )
     return context.train_like_target
-
-
-def _sub_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 # --------------------------------------------------------------------------- base
@@ -280,7 +259,7 @@ class MembershipAttack(Attack):
         rows, artifacts = evaluate_membership(
             result.scores, is_member, self.values["fpr"], self.values["bootstrap"], context.seed, result.decisions, self.invertible
         )
-        if self.reads_logits() and target.defense != "none":
+        if self.reads_logits() and target.defense != UNDEFENDED:
             note = "scores read the model's logits: output post-processing of this defense is bypassed"
             rows = [{**r, "message": "; ".join(m for m in (r.get("message", ""), note) if m)} for r in rows]
         rows += size_rows(members=len(protocol.members), non_members=len(protocol.non_members))
@@ -390,7 +369,7 @@ class BlackBox(MembershipAttack):
     def score(self, target: "Target", protocol: Protocol, context: AttackContext) -> Scores:
         data = context.dataset
         known_in, known_out = _known_sets(protocol, self.values["known_members"], self.name)
-        seed_global(context.seed)
+        seed_everything(context.seed)  # ART's attack models draw from the global generators
         attack = _art_attack_model(target, self.values["input"], self.values["attack_model"])
         attack.fit(data.x[known_in], data.y[known_in], data.x[known_out], data.y[known_out])
         idx = protocol.candidates
@@ -414,7 +393,7 @@ class _ShadowTemplate:
 
     def clone_for_refitting(self) -> "_ShadowTemplate":
         self.counter[0] += 1
-        return _ShadowTemplate(self.trainer, self.input_shape, _sub_seed(self.seed, self.counter[0]), self.counter)
+        return _ShadowTemplate(self.trainer, self.input_shape, derive_seed(self.seed, self.counter[0]), self.counter)
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> None:
         labels = np.asarray(y)
@@ -422,7 +401,7 @@ class _ShadowTemplate:
         self.model = self.trainer(np.ascontiguousarray(x, dtype=np.float32), labels.astype(np.int64), self.seed)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.exp(log_softmax64(self.model.logits(np.asarray(x, dtype=np.float32))))
+        return softmax(self.model.logits(np.asarray(x, dtype=np.float32)))
 
 
 @register
@@ -446,7 +425,7 @@ class Shadow(MembershipAttack):
         pool = protocol.population[: 2 * len(context.splits.train)]
         if len(pool) < 4:
             raise KansaError(f"{self.name}: the attacker's population has {len(pool)} samples; shadow models need more")
-        seed_global(context.seed)
+        seed_everything(context.seed)  # ART's attack models draw from the global generators
         shadows = ShadowModels(
             _ShadowTemplate(trainer, target.input_shape, context.seed), self.values["shadows"], random_state=context.seed
         )
@@ -479,7 +458,7 @@ class LabelOnly(MembershipAttack):
         data = context.dataset
         known_in, known_out = _known_sets(protocol, self.values["calibration"], self.name)
         hsj = {k: self.values[k] for k in ("max_iter", "max_eval", "init_eval")}
-        seed_global(context.seed)
+        seed_everything(context.seed)  # ART's attack models draw from the global generators
         attack = LabelOnlyDecisionBoundary(target_view(target, "labels"))
         idx = protocol.candidates
         with seeded_hop_skip_jump():
@@ -555,7 +534,7 @@ def _reference_model(
         fill = np.random.default_rng([protocol.seed, 2, k]).choice(pool, min(max(size - len(half), 0), len(pool)), replace=False)
         chosen = np.concatenate([candidates[half], fill])
     start = time.perf_counter()
-    model = trainer(data.x[chosen], data.y[chosen], _sub_seed(protocol.seed, 3, mode == "online", k))
+    model = trainer(data.x[chosen], data.y[chosen], derive_seed(protocol.seed, 3, mode == "online", k))
     seconds = time.perf_counter() - start
     cache[key] = _Reference(model.logits(data.x[candidates]), model.logits(data.x[population]), is_in, seconds, len(chosen))
     return cache[key], False
@@ -626,9 +605,9 @@ class ReferenceAttack(MembershipAttack):
         )
         # cost rows: wall time varies between runs, and models reused from an earlier cell cost nothing here
         result.rows += [
-            count_row("reference_training_seconds", ref.seconds, category="cost"),
-            count_row("reference_models_seconds", ref.total_seconds, category="cost"),
-            count_row("reference_models_reused", ref.reused, category="cost"),
+            count_row("reference_training_seconds", ref.seconds, category=Category.COST),
+            count_row("reference_models_seconds", ref.total_seconds, category=Category.COST),
+            count_row("reference_models_reused", ref.reused, category=Category.COST),
         ]
         target_size = len(context.splits.train)
         if ref.train_size < target_size:

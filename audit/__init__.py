@@ -1,7 +1,7 @@
 """Kansa's orchestration: config, data, models, the runner and the results table.
 
 `from audit import run_audit` is the Python API; it is resolved lazily so that light modules
-(config validation, the CLI's help) never import torch.
+(config validation, the CLI's help) load neither pandas nor the pipeline.
 """
 
 from __future__ import annotations
@@ -9,16 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from audit.api import run_audit
     from audit.config import load_config
     from audit.results import AuditResult
-    from audit.runner import run_audit
 
 __all__ = ["run_audit", "load_config", "AuditResult"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "run_audit":
-        from audit.runner import run_audit
+        from audit.api import run_audit
 
         return run_audit
     if name == "load_config":

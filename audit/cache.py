@@ -43,9 +43,9 @@ def array_digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def content_key(parts: dict[str, Any]) -> str:
-    canonical = json.dumps({"format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def content_key(kind: str, *parts: Any) -> str:
+    """The sha256 of `parts` in canonical JSON under a format tag (`kind`): what cached weights and journaled cells are filed under."""
+    return hashlib.sha256(json.dumps([kind, *parts], sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -69,7 +69,7 @@ class WeightCache:
         """
         import torch
 
-        key = content_key(parts)
+        key = content_key(CACHE_FORMAT, parts)
         weights, facts = self._paths(key)
         if weights is not None and weights.is_file() and facts is not None and facts.is_file():
             try:

@@ -9,22 +9,26 @@ whose key is already there, so a changed config re-runs only the cells it change
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from attacks import registry
+from attacks.base import AttackContext, AttackOutput, ensemble_rows
+from audit.cache import content_key
 from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, table_checks
 from audit.config import Config
 from audit.errors import describe_exception
 from audit.files import write_npz_atomic
-from audit.results import count_row, error_row, make_table
-from audit.session import AuditSession, derive_seed, seed_everything, session_for
+from audit.metrics import Category
+from audit.results import CellRecord, count_row, error_row, make_table
+from audit.seeding import derive_seed, seed_everything
+from audit.session import AuditSession, session_for
 
 CELL_FORMAT = "kansa.cell/1"
 JOURNAL = "cells"
@@ -51,11 +55,9 @@ class CellResult:
     """What a cell measured: rows (without model/defense columns), per-sample arrays and artifacts, and its record."""
 
     key: str
-    record: dict[str, Any]
+    record: CellRecord
     rows: list[dict[str, Any]]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
-    trained: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
     resumed: bool = False
 
     @property
@@ -63,8 +65,27 @@ class CellResult:
         return {k.removeprefix("sample/"): v for k, v in self.arrays.items() if k.startswith("sample/")}
 
 
-def content_key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps([CELL_FORMAT, *parts], sort_keys=True, default=str).encode()).hexdigest()[:24]
+@dataclass
+class BuiltVariant:
+    """A variant task's outcome: its rows, and the digest of its weights (None when its defense failed)."""
+
+    rows: list[dict[str, Any]]
+    digest: str | None
+    cached: bool
+
+
+@dataclass
+class TaskOutcome:
+    """What any task hands back to the driver: its result, and which weights it trained or took from the cache."""
+
+    result: "BuiltVariant | CellResult | None"
+    trained: list[str]
+    reused: list[str]
+
+
+def cell_key(*parts: Any) -> str:
+    """A cell's journal key: its inputs' content, so a changed config re-runs only the cells it changes."""
+    return content_key(CELL_FORMAT, *parts)[:24]
 
 
 def slug(text: str) -> str:
@@ -76,7 +97,7 @@ def journal_path(out_dir: Path, key: str) -> Path:
 
 
 def save_cell(out_dir: Path, cell: CellResult) -> None:
-    meta = json.dumps({"format": CELL_FORMAT, "record": cell.record, "rows": cell.rows})
+    meta = json.dumps({"format": CELL_FORMAT, "record": asdict(cell.record), "rows": cell.rows})
     write_npz_atomic(journal_path(out_dir, cell.key), {**cell.arrays, "__cell__": np.array(meta)})
 
 
@@ -91,48 +112,45 @@ def load_cell(out_dir: Path, key: str) -> CellResult | None:
         meta = json.loads(str(arrays.pop("__cell__")))
         if meta.get("format") != CELL_FORMAT:
             return None
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        record = CellRecord(**meta["record"])
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
-    return CellResult(key, meta["record"], meta["rows"], arrays, resumed=True)
+    return CellResult(key, record, meta["rows"], arrays, resumed=True)
 
 
-def execute(task: Task) -> Any:
+def execute(task: Task) -> TaskOutcome:
     """Run one task in this process (the local executor calls it directly, the Ray executor remotely)."""
     session = session_for(task.config, task.cache_root, task.quiet)
     trained, reused = len(session.cache.trained), len(session.cache.reused)
     if task.kind == "model":
         session.model(task.model)
-        result: Any = None
+        result: BuiltVariant | CellResult | None = None
     elif task.kind == "variant":
         variant = session.variant(task.model, task.defense)
-        result = (variant.rows, variant.target.digest if variant.target is not None else None, variant.cached)
+        result = BuiltVariant(variant.rows, variant.target.digest if variant.target is not None else None, variant.cached)
     elif task.kind == "attack":
         result = run_attack_cell(session, task)
     elif task.kind == "finish":
         result = finish_variant(session, task)
     else:
         raise ValueError(f"unknown task kind {task.kind!r}")
-    return result, session.cache.trained[trained:], session.cache.reused[reused:]
+    return TaskOutcome(result, session.cache.trained[trained:], session.cache.reused[reused:])
 
 
 def _attack(config: Config, attack_id: str) -> Any:
-    from attacks import registry
-
     attack_cfg = next(a for a in config.attacks if a["id"] == attack_id)
     return registry()[attack_cfg["name"]](**attack_cfg["params"])
 
 
 def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     """One attack on one variant, repeated with other seeds when it is randomised; an error becomes a row."""
-    from attacks.base import AttackContext
-
     config = session.config
     attack = _attack(config, task.attack)
     variant = session.variant(task.model, task.defense)
     where = {"attack": task.attack, "category": attack.category}
     cell_seed = derive_seed(config.seed, "attack", task.model, task.defense, task.attack)
     repeats = config.evaluation["repeats"] if attack.randomized else 1
-    record: dict[str, Any] = {"model": task.model, "defense": task.defense, "attack": task.attack, "seed": cell_seed}
+    record = CellRecord(task.model, task.defense, task.attack, seed=cell_seed, repeats=repeats)
     session.progress.say(f"attacking {'/'.join(variant.labels)} with {task.attack} on {len(session.eval_idx)} samples"
                          + (f" ({repeats} repeats)" if repeats > 1 else ""))
     start = time.perf_counter()
@@ -146,15 +164,15 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     except Exception as exc:  # one failing attack must not lose the rest of the audit
         message = describe_exception(exc, limit=500)
         session.progress.say(f"attack {task.attack} on {'/'.join(variant.labels)} failed: {message}")
-        record.update(seconds=time.perf_counter() - start, status="error", message=message)
+        record.seconds, record.status, record.message = time.perf_counter() - start, "error", message
         return CellResult(task.key, record, [error_row(message, **where)])
     seconds = time.perf_counter() - start
     output = runs[0]
     metric_rows = output.rows if repeats == 1 else mean_over_repeats([run.rows for run in runs])
     artifact = f"{slug(task.model)}-{slug(task.defense)}-{slug(task.attack)}-{task.key[:8]}"
-    record.update(repeats=repeats, seconds=seconds, status="ok", artifact=f"artifacts/{artifact}.npz")
+    record.seconds, record.artifact = seconds, f"artifacts/{artifact}.npz"
     # a row's own category wins: an attack's timing rows are cost, whatever the attack's kind
-    rows = [{**where, **row} for row in metric_rows] + [count_row("attack_seconds", seconds, category="cost", attack=task.attack)]
+    rows = [{**where, **row} for row in metric_rows] + [count_row("attack_seconds", seconds, category=Category.COST, attack=task.attack)]
     arrays = {**output.artifacts, **{f"sample/{k}": v for k, v in output.per_sample.items()}}
     return CellResult(task.key, record, rows, arrays)
 
@@ -176,22 +194,20 @@ def mean_over_repeats(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any
 
 def finish_variant(session: AuditSession, task: Task) -> CellResult:
     """The per-sample worst case over the variant's integrity attacks, and the sanity checks that judge them."""
-    from attacks.base import AttackOutput, ensemble_rows
-
     config = session.config
     variant = session.variant(task.model, task.defense)
     attacks, outputs, rows = {}, {}, []
     for cell in task.inputs:
-        attack_id = cell.record["attack"]
+        attack_id = cell.record.attack
         attack = _attack(config, attack_id)
         rows += cell.rows
-        if cell.record["status"] == "ok" and attack.norm is not None:
+        if cell.record.status == "ok" and attack.norm is not None:
             attacks[attack_id] = attack
             outputs[attack_id] = (attack.norm, AttackOutput(cell.rows, cell.per_sample))
-    record = {"model": task.model, "defense": task.defense, "attack": "", "status": "ok"}
+    record = CellRecord(task.model, task.defense, "")
     if not outputs:
         return CellResult(task.key, record, [])
-    finished = [{**row, "category": "integrity"} for row in ensemble_rows(outputs, session.y_eval, session.dataset.class_names)]
+    finished = [{**row, "category": Category.INTEGRITY} for row in ensemble_rows(outputs, session.y_eval, session.dataset.class_names)]
     sanity: list[dict[str, Any]] = []
     if config.checks["enabled"]:
         where = {"model": task.model, "defense": task.defense}

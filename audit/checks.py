@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from attacks.base import EvasionAttack
+from attacks.evasion import PGD
+from audit.metrics import Category
 from audit.params import Choice, Flag, Location, Number, Param, ParamSet, Text, optional_tables
 from audit.results import rate_row
 
@@ -55,7 +58,7 @@ def tolerance(n: int) -> float:
 
 
 def flag(check: str, flagged: bool, message: str, attack: str = "", eps: float | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {"category": "sanity", "metric": check, "value": 1.0 if flagged else 0.0, "attack": attack, "message": message}
+    row: dict[str, Any] = {"category": Category.SANITY, "metric": check, "value": 1.0 if flagged else 0.0, "attack": attack, "message": message}
     if eps is not None:
         row.update(param="eps", param_value=float(eps))
     return row
@@ -164,7 +167,7 @@ def probe_noise(target: "Target", x: np.ndarray, y: np.ndarray, table: pd.DataFr
         for eps, group in at_norm.groupby("param_value"):
             noisy = target.predict(_noise(x, eps, norm, rng, target.clip_values)) == y
             rows.append({**rate_row("noise_robust_accuracy", int(noisy.sum()), len(y), param="eps", param_value=float(eps)),
-                         "category": "sanity", "attack": f"noise-l{norm}"})
+                         "category": Category.SANITY, "attack": f"noise-l{norm}"})
             best = group.loc[group["value"].idxmin()]
             rows.append(flag("attack_no_better_than_noise", best["value"] >= noisy.mean() - tolerance(len(y)),
                              f"strongest attack {best['attack']} {best['value']:.3f} vs random noise {noisy.mean():.3f} at eps {eps:g}",
@@ -174,8 +177,6 @@ def probe_noise(target: "Target", x: np.ndarray, y: np.ndarray, table: pd.DataFr
 
 def probe_large_eps(target: "Target", x: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, Any]:
     """With eps spanning the whole input range any input can become any other: accuracy must fall to chance."""
-    from attacks.evasion import PGD
-
     low, high = target.clip_values
     x_adv = PGD(eps=high - low, steps=20, random_starts=1).perturb(target, x, y, high - low)
     accuracy = float((target.predict(x_adv) == y).mean())
@@ -185,8 +186,6 @@ def probe_large_eps(target: "Target", x: np.ndarray, y: np.ndarray, n_classes: i
 
 def probe_convergence(target: "Target", x: np.ndarray, y: np.ndarray, table: pd.DataFrame, attacks: dict[str, "Attack"]) -> list[dict[str, Any]]:
     """A converged white-box attack must not become much stronger with more effort (each attack says what more effort is)."""
-    from attacks.base import EvasionAttack
-
     robust = _robust(table)
     rows = []
     for attack_id, attack in attacks.items():
@@ -208,5 +207,5 @@ def probe_convergence(target: "Target", x: np.ndarray, y: np.ndarray, table: pd.
 
 def masking_flags(table: pd.DataFrame, model: str) -> pd.DataFrame:
     """Unwaived masking flags raised on a model: they make its integrity gates inconclusive."""
-    sanity = table[(table["category"] == "sanity") & (table["model"] == model) & (table["status"] == "ok")]
+    sanity = table[(table["category"] == Category.SANITY) & (table["model"] == model) & (table["status"] == "ok")]
     return sanity[sanity["metric"].isin(MASKING_FLAGS) & (sanity["value"] == 1.0)]

@@ -94,7 +94,8 @@ def _verdict_exit(result: "AuditResult") -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from audit.runner import run_audit
+    from audit.api import run_audit
+    from audit.results import UNDEFENDED
     from reports.html import report_name
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
@@ -104,14 +105,14 @@ def _run(args: argparse.Namespace) -> int:
         executor=args.executor, resume=False if args.fresh else None,
     )
     errors = result.errors
-    cells = len(result.metadata["cells"])
+    cells = len(result.metadata.cells)
     print(f"report:  {out / report_name(args.lang)}")
     print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
     if len(errors):
-        failed = sorted({"/".join(part for part in (r.model, r.defense if r.defense != "none" else "", r.attack or "(defense)") if part)
+        failed = sorted({"/".join(part for part in (r.model, r.defense if r.defense != UNDEFENDED else "", r.attack or "(defense)") if part)
                          for r in errors.itertuples()})
         print(f"kansa: {len(failed)} failed ({', '.join(failed)}) of {cells} attack cells and "
-              f"{len(result.metadata.get('defenses', []))} defenses; their rows have status=error", file=sys.stderr)
+              f"{len(result.metadata.defenses)} defenses; their rows have status=error", file=sys.stderr)
     return _verdict_exit(result)
 
 
@@ -125,7 +126,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from reports.comparison import compare_runs
+    from reports.trade_offs import compare_runs
 
     written = compare_runs(args.run_dirs, Path(args.out), args.lang, args.robust)
     print(f"table:   {written['comparison_csv']}, {written['comparison_json']}")

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attacks import registry as attack_registry
+from attacks.base import ENSEMBLE
 from audit.checks import CHECKS_PARAMS, WAIVER_PARAMS, validate_waivers
-from audit.data import validate_data_config
+from audit.data import COMMON_PARAMS as DATA_COMMON
+from audit.data import SOURCE_PARAMS, validate_data_config
 from audit.errors import ConfigError
-from audit.gates import validate_gates_config
-from audit.models import validate_model_config
-from audit.params import Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, optional_tables, validate_tagged
+from audit.gates import GATE_PARAMS, PRESETS, validate_gates_config
+from audit.metrics import CHARACTERISTICS
+from audit.models import COMMON_PARAMS as MODEL_COMMON
+from audit.models import KIND_PARAMS, validate_model_config
+from audit.params import Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, describe_params, optional_tables, validate_tagged
+from audit.results import UNDEFENDED
+from defenses import registry as defense_registry
 
 if TYPE_CHECKING:
     from audit.data import Dataset, Splits
@@ -34,7 +41,6 @@ HISTORY_PARAMS = (
     Param("enabled", Flag(), True, "record every run in the history database"),
     Param("path", Text(), None, "SQLite file, relative to this config (default: .kansa/history.sqlite in the working directory, or $KANSA_HISTORY)"),
 )
-CHARACTERISTICS = ("A-1", "A-2", "B-1", "B-2", "B-3", "C-1", "C-2", "D-1", "E-1", "S")
 COMPONENT_PARAMS = (
     Param("name", Text(), "unnamed ML component", "the ML component under audit"),
     Param("intended_use", Text(), None, "what the component is for, and where it must not be used"),
@@ -65,7 +71,6 @@ EXECUTION_PARAMS = (
     Param("threads", Number(1, 1024, integer=True), None,
           "torch threads per process (default: torch's choice; 1 avoids a many-fold slowdown on cores other jobs also use)"),
 )
-UNDEFENDED = "none"
 TABLES = ("data", "models", "evaluation", "attacks", "defenses", "gates", "history", "cache", "execution", "checks", "waivers", "component",
           "attestations")
 
@@ -169,10 +174,7 @@ def _unique(items: list[dict[str, Any]], key: str, where: Location, table: str) 
 
 
 def validate_attack_config(table: Any, where: Location) -> dict[str, Any]:
-    from attacks import registry
-    from attacks.base import ENSEMBLE
-
-    attacks = registry()
+    attacks = attack_registry()
     values = validate_tagged(
         table, where, "name", {name: cls.params for name, cls in attacks.items()},
         (Param("id", Text(), None, "label in results (default: the name); needed when one attack appears twice"),),
@@ -185,9 +187,7 @@ def validate_attack_config(table: Any, where: Location) -> dict[str, Any]:
 
 
 def validate_defense_config(table: Any, where: Location, model_names: list[str]) -> dict[str, Any]:
-    from defenses import registry
-
-    defenses = registry()
+    defenses = defense_registry()
     values = validate_tagged(
         table, where, "name", {name: cls.params for name, cls in defenses.items()},
         (Param("id", Text(), None, "label in results (default: the name); needed when one defense appears twice"),
@@ -261,26 +261,14 @@ def check_against_data(config: Config, dataset: "Dataset", splits: "Splits") -> 
     Run before anything is trained, so `kansa validate` and the first second of `kansa run` say what a
     run would otherwise find out only when the piece fails.
     """
-    from attacks import registry as attacks
-    from defenses import registry as defenses
-
     where = config.location
-    for table, family in (("attacks", attacks()), ("defenses", defenses())):
+    for table, family in (("attacks", attack_registry()), ("defenses", defense_registry())):
         for i, entry in enumerate(getattr(config, table)):
             family[entry["name"]].check_data(entry["params"], dataset, splits, where.child(table).child(i))
 
 
 def schema_markdown() -> str:
     """The whole config schema as Markdown tables, generated from the same declarations that validate."""
-    from attacks import registry
-    from audit.data import COMMON_PARAMS as DATA_COMMON
-    from audit.data import SOURCE_PARAMS
-    from audit.gates import GATE_PARAMS, PRESETS
-    from audit.models import COMMON_PARAMS as MODEL_COMMON
-    from audit.models import KIND_PARAMS
-    from audit.params import describe_params
-    from defenses import registry as defense_registry
-
     def table(params: tuple[Param, ...] | list[Param]) -> list[str]:
         if not params:
             return ["(no further keys)", ""]
@@ -308,7 +296,7 @@ def schema_markdown() -> str:
             "### `[[waivers]]`", "", *table(WAIVER_PARAMS)]
     out += ["### `[[attacks]]`", "",
             "Every attack takes `name` (required) and `id` (its label in results; default: the name).", ""]
-    for name, cls in registry().items():
+    for name, cls in attack_registry().items():
         out += [f'#### `name = "{name}"`', "", cls.summary + ".", "", *table(cls.params)]
     out += ["### `[[defenses]]`", "",
             "Every defense takes `name` (required), `id` (its label in results; default: the name) and `models` "

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from audit.errors import DataError
+from audit.metrics import Category
 from audit.params import AnyOf, Choice, ListOf, Location, Number, Param, Text, validate_tagged
 from audit.results import count_row, rate_row
 
@@ -344,7 +345,7 @@ def _row_keys(x: np.ndarray) -> np.ndarray:
 
 def quality_rows(dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
     """Data-quality findings as result rows; a non-empty message marks something a reviewer should read."""
-    where = {"category": "data_quality", "model": "", "defense": ""}
+    where = {"category": Category.DATA_QUALITY, "model": "", "defense": ""}
     rows: list[dict[str, Any]] = []
     n = len(dataset.y)
     counts = np.bincount(dataset.y, minlength=dataset.n_classes)

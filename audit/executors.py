@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Protocol
 
-from audit.cells import Task, execute
+from audit.cells import Task, TaskOutcome, execute
 from audit.errors import KansaError
 
 
 class Executor(Protocol):
     name: str
 
-    def run(self, tasks: list[Task]) -> Iterator[tuple[int, Any]]:
-        """(index in `tasks`, result) pairs, in the order the tasks finish."""
+    def run(self, tasks: list[Task]) -> Iterator[tuple[int, TaskOutcome]]:
+        """(index in `tasks`, outcome) pairs, in the order the tasks finish."""
 
     def close(self) -> None: ...
 
@@ -25,7 +25,7 @@ class Executor(Protocol):
 class LocalExecutor:
     name = "local"
 
-    def run(self, tasks: list[Task]) -> Iterator[tuple[int, Any]]:
+    def run(self, tasks: list[Task]) -> Iterator[tuple[int, TaskOutcome]]:
         for index, task in enumerate(tasks):
             yield index, execute(task)
 
@@ -58,7 +58,7 @@ class RayExecutor:
                 ray.init(num_cpus=cpus, **options)
         self._remote = ray.remote(num_cpus=1, max_retries=0)(execute)
 
-    def run(self, tasks: list[Task]) -> Iterator[tuple[int, Any]]:
+    def run(self, tasks: list[Task]) -> Iterator[tuple[int, TaskOutcome]]:
         pending = {self._remote.remote(task): index for index, task in enumerate(tasks)}
         while pending:
             done, _ = self._ray.wait(list(pending), num_returns=1)

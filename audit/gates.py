@@ -16,7 +16,7 @@ import pandas as pd
 
 from attacks.base import ENSEMBLE
 from audit.checks import masking_flags
-from audit.metrics import Direction, metric_info
+from audit.metrics import Category, Direction, metric_info
 from audit.params import REQUIRED, Choice, Flag, Location, Number, Param, ParamSet, Text, optional_tables
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
@@ -128,7 +128,7 @@ def _errored_cells(table: pd.DataFrame, gate: Gate) -> pd.DataFrame:
     for column in ("model", "defense", "attack"):
         wanted = getattr(gate, column)
         if column == "attack" and wanted in ENSEMBLE.values():
-            errors = errors[errors["category"] == "integrity"]  # the worst case over all attacks misses the failed one
+            errors = errors[errors["category"] == Category.INTEGRITY]  # the worst case over all attacks misses the failed one
         elif wanted != "*":
             errors = errors[errors[column] == wanted]
     produced_by = set(table[(table["metric"] == gate.metric) & (table["status"] == "ok")]["category"])
@@ -196,9 +196,9 @@ def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: p
         for _, row in rows.iterrows():
             where = {c: row[c] for c in ("model", "defense", "attack", "param_value", "subset")}
             measured = {"value": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"], "n": int(row["n"])}
-            if row["category"] == "integrity" and row["model"] not in flags_by_model:
+            if row["category"] == Category.INTEGRITY and row["model"] not in flags_by_model:
                 flags_by_model[row["model"]] = masking_flags(table, row["model"])
-            flags = flags_by_model[row["model"]] if row["category"] == "integrity" else pd.DataFrame()
+            flags = flags_by_model[row["model"]] if row["category"] == Category.INTEGRITY else pd.DataFrame()
             if not flags.empty:
                 first = flags.iloc[0]
                 verdict, reason = INCONCLUSIVE, (

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from audit.errors import KansaError
-from audit.results import COLUMNS, AuditResult, make_table
+from audit.results import COLUMNS, AuditResult, load_results, make_table
 
 DEFAULT_PATH = Path(".kansa") / "history.sqlite"
 
@@ -71,18 +71,18 @@ class History:
 
     def record(self, result: AuditResult, verdict: str | None, git: tuple[str | None, str | None]) -> None:
         meta = result.metadata
-        models = json.dumps({m["name"]: m["sha256"] for m in meta["models"]})
+        models = json.dumps({m.name: m.sha256 for m in meta.models})
         run = (
-            meta["run_id"], meta["created"], meta["title"], meta["config_path"], meta["config_sha256"],
-            meta["data"]["sha256"], models, git[0], git[1], verdict or "none",
-            str(result.out_dir) if result.out_dir else None, meta["versions"].get("kansa"),
+            meta.run_id, meta.created, meta.title, meta.config_path, meta.config_sha256,
+            meta.data.sha256, models, git[0], git[1], verdict or "none",
+            str(result.out_dir) if result.out_dir else None, meta.versions.get("kansa"),
         )
         table = result.table.astype(object).where(result.table.notna(), None)
         with closing(self._connect()) as connection, connection:
             connection.execute(f"INSERT INTO runs VALUES ({', '.join('?' * len(run))})", run)
             connection.executemany(
                 f"INSERT INTO metrics (run_id, {', '.join(COLUMNS)}) VALUES (?, {', '.join('?' * len(COLUMNS))})",
-                [(meta["run_id"], *row) for row in table.itertuples(index=False)],
+                [(meta.run_id, *row) for row in table.itertuples(index=False)],
             )
 
     def runs(self, limit: int = 20) -> pd.DataFrame:
@@ -131,8 +131,6 @@ class History:
 
 def resolve_baseline(spec: str, history: History, branch: str | None, title: str) -> tuple[pd.DataFrame | None, str]:
     """A baseline table from a results.json, a run folder, a run id, or "last-pass"; and what it was."""
-    from audit.results import load_results
-
     if spec == "last-pass":
         run_id = history.last_passing(branch, title)
         if run_id is None:
@@ -141,7 +139,7 @@ def resolve_baseline(spec: str, history: History, branch: str | None, title: str
     path = Path(spec)
     if path.exists():
         table, meta = load_results(path)
-        return table, f"{path} (run {meta.get('run_id')})"
+        return table, f"{path} (run {meta.run_id})"
     if not history.path.is_file():
         raise KansaError(f"baseline {spec!r} is neither a file nor a run folder, and there is no history database at {history.path}")
     return history.table(spec), f"run {spec}"

@@ -9,13 +9,28 @@ a new metric declares it with `register_metric` when its module is imported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import NamedTuple
 
 from audit.errors import KansaError
 
-CATEGORIES = ("data_quality", "performance", "model", "defense", "integrity", "sanity", "confidentiality", "cost")
 CHARACTERISTICS = ("A-1", "A-2", "B-1", "B-2", "B-3", "C-1", "C-2", "D-1", "E-1", "S")
+
+
+class Category(StrEnum):
+    """The `category` column: which part of the audit a row belongs to, and so which report section shows it."""
+
+    DATA_QUALITY = "data_quality"
+    PERFORMANCE = "performance"
+    MODEL = "model"
+    DEFENSE = "defense"
+    INTEGRITY = "integrity"
+    SANITY = "sanity"
+    CONFIDENTIALITY = "confidentiality"
+    COST = "cost"
+
+
+CATEGORIES = tuple(Category)
 
 
 class Direction(str, Enum):
@@ -31,7 +46,10 @@ class Metric:
     """One metric as every reader of the results table sees it.
 
     `category` is the row category the metric appears under; `subsets` says which `subset`
-    values its rows take (for the docs); `interval` whether rows carry a 95% interval.
+    values its rows take (for the docs); `interval` whether rows carry a 95% interval. `panel`
+    names the report panel built for a family of metrics ("membership", "inversion", "attribute",
+    "minimal_perturbation"); a metric without one is shown in its section's generic panel (name,
+    meaning, value in its format), so a plugin's new metric is reported with no report code.
     """
 
     name: str
@@ -41,8 +59,24 @@ class Metric:
     format: str
     characteristic: str | None
     interval: bool
-    category: str
+    category: Category
     subsets: str = "all"
+    panel: str = ""
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES:
+            raise KansaError(f'metric "{self.name}": category "{self.category}" is not one of {", ".join(CATEGORIES)}')
+        object.__setattr__(self, "category", Category(self.category))
+        if self.characteristic is not None and self.characteristic not in CHARACTERISTICS:
+            raise KansaError(f'metric "{self.name}": characteristic "{self.characteristic}" is not one of {", ".join(CHARACTERISTICS)}')
+        try:
+            format(0.5, self.format)
+        except ValueError as exc:
+            raise KansaError(f'metric "{self.name}": format "{self.format}" is not a format spec for numbers ({exc})') from None
+
+    def shown(self, value: float) -> str:
+        """The value as the report prints it, in the declared format."""
+        return "–" if value != value else format(value, self.format)
 
 
 _REGISTRY: dict[str, Metric] = {}
@@ -56,12 +90,6 @@ def register_metric(metric: Metric) -> Metric:
     A different declaration under a taken name is refused: two meanings for one name would make
     gates and comparisons silently disagree.
     """
-    if metric.characteristic is not None and metric.characteristic not in CHARACTERISTICS:
-        raise KansaError(f'metric "{metric.name}": characteristic "{metric.characteristic}" is not one of {", ".join(CHARACTERISTICS)}')
-    try:
-        format(0.5, metric.format)
-    except ValueError as exc:
-        raise KansaError(f'metric "{metric.name}": format "{metric.format}" is not a format spec for numbers ({exc})') from None
     known = _REGISTRY.get(metric.name)
     if known is not None and known != metric:
         raise KansaError(f'metric "{metric.name}" is already registered as {known}; refusing {metric}')
@@ -74,6 +102,12 @@ def metric_info(name: str) -> Metric | None:
     return _REGISTRY.get(name)
 
 
+def panel_of(name: str) -> str:
+    """The report panel that presents `name`; "" (the generic panel) for a metric without one or unregistered."""
+    info = _REGISTRY.get(name)
+    return info.panel if info is not None else ""
+
+
 def all_metrics() -> dict[str, Metric]:
     """Every registered metric by name (a copy: changes go through `register_metric`)."""
     return dict(_REGISTRY)
@@ -83,7 +117,7 @@ def metrics_markdown() -> str:
     """The metrics reference as Markdown tables, one per row category, generated so the docs cannot drift from the registry."""
     better = {Direction.HIGHER: "higher", Direction.LOWER: "lower", Direction.NEUTRAL: "neither"}
     out: list[str] = []
-    for category in dict.fromkeys((*CATEGORIES, *(m.category for m in _REGISTRY.values()))):
+    for category in CATEGORIES:
         members = [m for m in _REGISTRY.values() if m.category == category]
         out += [f"#### {category}", "", "| metric | subsets | meaning | unit | better | interval | characteristic |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -112,26 +146,25 @@ _L2, _LINF = _Kind("L2 norm", ".3g", False), _Kind("L-inf norm", ".3g", False)
 _HIGHER, _LOWER, _NEUTRAL = Direction.HIGHER, Direction.LOWER, Direction.NEUTRAL
 
 
-def _builtin(category: str, *rows: tuple[str, _Kind, Direction, str | None, str, str]) -> None:
+def _builtin(category: Category, *rows: tuple[str, _Kind, Direction, str | None, str, str], panel: str = "") -> None:
     """Kansa's own metrics of one category: (name, kind, direction, characteristic, subsets, meaning) each."""
     for name, kind, direction, characteristic, subsets, meaning in rows:
-        register_metric(Metric(name, meaning, direction, kind.unit, kind.format, characteristic, kind.interval, category, subsets))
+        register_metric(Metric(name, meaning, direction, kind.unit, kind.format, characteristic, kind.interval, category, subsets, panel))
 
 
-def _perturbation_sizes(norm: str, single: _Kind) -> tuple[tuple[str, _Kind, Direction, str | None, str, str], ...]:
-    """The size metrics of one threat model, named `..._l{norm}` as the attacks name them."""
+def _perturbation_sizes(norm: str, single: _Kind, minimal: bool) -> tuple[tuple[str, _Kind, Direction, str | None, str, str], ...]:
+    """The size metrics of one threat model, named `..._l{norm}` as the attacks name them: applied sizes, or minimal ones."""
     mean = single._replace(format=".3f", interval=True)
     label = single.unit.removesuffix(" norm")
-    return (
-        (f"perturbation_l{norm}", mean, _NEUTRAL, "C-2", "all", f"mean {label} size of the perturbation actually applied"),
-        (f"min_perturbation_l{norm}", mean, _HIGHER, "C-2", "all", f"minimum-norm attacks ({label}): mean minimal perturbation of the flipped samples"),
-        (f"median_min_perturbation_l{norm}", single, _HIGHER, "C-2", "all",
-         f"minimum-norm attacks ({label}): median minimal perturbation of the flipped samples"),
-    )
+    if not minimal:
+        return ((f"perturbation_l{norm}", mean, _NEUTRAL, "C-2", "all", f"mean {label} size of the perturbation actually applied"),
+                (f"min_perturbation_l{norm}", mean, _HIGHER, "C-2", "all", f"minimum-norm attacks ({label}): mean minimal perturbation of the flipped samples"))
+    return ((f"median_min_perturbation_l{norm}", single, _HIGHER, "C-2", "all",
+             f"minimum-norm attacks ({label}): median minimal perturbation of the flipped samples"),)
 
 
 _builtin(
-    "data_quality",
+    Category.DATA_QUALITY,
     ("samples", _COUNT, _HIGHER, "A-2", "all, split=…", "sample counts (after dropping non-finite rows)"),
     ("classes", _COUNT, _NEUTRAL, "A-2", "all", "number of classes"),
     ("features", _COUNT, _NEUTRAL, "B-3", "all", "input size per sample"),
@@ -144,7 +177,7 @@ _builtin(
     ("duplicates_across_splits", _COUNT, _LOWER, "B-3", "split=a~b", "distinct inputs present in both splits"),
 )
 _builtin(
-    "performance",
+    Category.PERFORMANCE,
     ("accuracy", _RATE, _HIGHER, "C-1", "split=train/holdout/test", "clean accuracy of the model"),
     ("precision", _RATE, _HIGHER, "C-1", "class=…", "per class, on the test split"),
     ("recall", _RATE, _HIGHER, "C-1", "class=…", "per class, on the test split"),
@@ -152,23 +185,29 @@ _builtin(
      "confusion-matrix counts on the test split (off the diagonal lower is better, on it higher)"),
 )
 _builtin(
-    "model",
+    Category.MODEL,
     ("unsafe_pickle_loaded", _FLAG, _LOWER, "S", "all", "1 when a model was unpickled with `allow_unsafe_pickle = true` (a warning)"),
 )
 _builtin(
-    "integrity",
+    Category.INTEGRITY,
     ("clean_accuracy", _RATE, _HIGHER, "C-2", "all", "accuracy on the attacked samples before the attack"),
     ("robust_accuracy", _RATE, _HIGHER, "C-2", "all, class=…", "accuracy on the adversarial versions"),
     ("success_rate", _RATE, _LOWER, "C-2", "all", "share of initially correct samples the attack flips (n = initially correct)"),
-    ("success_rate_unbounded", _RATE, _NEUTRAL, "C-2", "all",
-     ("minimum-norm attacks: share of correctly classified samples flipped with no size bound; it should be near 1, "
-      "less means a failing attack (`min_norm_not_reaching_full_success`), not a robust model")),
-    *_perturbation_sizes("inf", _LINF),
-    *_perturbation_sizes("2", _L2),
+    *_perturbation_sizes("inf", _LINF, minimal=False),
+    *_perturbation_sizes("2", _L2, minimal=False),
     ("surrogate_accuracy", _RATE, _NEUTRAL, "C-2", "all", "transfer attack: the surrogate's test accuracy (the attacker's strength, not the target's)"),
 )
 _builtin(
-    "sanity",
+    Category.INTEGRITY,
+    ("success_rate_unbounded", _RATE, _NEUTRAL, "C-2", "all",
+     ("minimum-norm attacks: share of correctly classified samples flipped with no size bound; it should be near 1, "
+      "less means a failing attack (`min_norm_not_reaching_full_success`), not a robust model")),
+    *_perturbation_sizes("inf", _LINF, minimal=True),
+    *_perturbation_sizes("2", _L2, minimal=True),
+    panel="minimal_perturbation",
+)
+_builtin(
+    Category.SANITY,
     *((check, _FLAG, _LOWER, "C-2", "all, or param eps", f"1 when the check `{check}` flagged, 0 when it ran and found nothing (docs/checks.md)")
       for check in ("iterative_weaker_than_single_step", "not_monotonic_in_eps", "large_eps_not_reaching_chance", "min_norm_not_reaching_full_success",
                     "black_box_stronger_than_white_box", "attack_no_better_than_noise", "vanishing_gradients", "not_converged")),
@@ -177,7 +216,7 @@ _builtin(
      "attack `noise-linf` / `noise-l2`: accuracy under random noise of the same size, the baseline of `attack_no_better_than_noise`"),
 )
 _builtin(
-    "cost",
+    Category.COST,
     ("training_seconds", _SECONDS, _LOWER, None, "all",
      ("wall time (varies between identical runs); a variant whose weights came from the cache reports the time of its first training, "
       "and says so in `message`")),
@@ -194,7 +233,7 @@ _builtin(
      "`rmia` / `lira`: reference models reused from an earlier cell of the same audit (model k is the same for any K with the same settings)"),
 )
 _builtin(
-    "defense",
+    Category.DEFENSE,
     ("training_eps", _LINF, _NEUTRAL, "C-2", "all", "adversarial training: the L-inf radius trained against"),
     ("dp_epsilon", _Kind("privacy loss", ".3g", False), _LOWER, "S", "all",
      "DP-SGD: the epsilon Opacus' accountant reports for the training actually run"),
@@ -214,7 +253,13 @@ _builtin(
     ("prediction_change_rate", _SHARE, _LOWER, "C-1", "all", "post-processors: share of test predictions changed or left undecided"),
 )
 _builtin(
-    "confidentiality",
+    Category.CONFIDENTIALITY,
+    ("attacker_samples", _COUNT, _NEUTRAL, "S", "all", "the attacker's own data the attack used"),
+    ("known_members", _COUNT, _NEUTRAL, "S", "all", "training samples the attacker knows as members (not evaluated)"),
+    ("known_non_members", _COUNT, _NEUTRAL, "S", "all", "samples the attacker knows as non-members"),
+)
+_builtin(
+    Category.CONFIDENTIALITY,
     ("auc", _SCORE, _LOWER, "S", "all",
      "membership: ROC AUC of the membership scores (ties count one half); 95% stratified-bootstrap interval; `n` = members + non-members"),
     ("leakage", _SCORE, _LOWER, "S", "all",
@@ -228,9 +273,6 @@ _builtin(
       "are allowed by the number of non-members")),
     ("members", _COUNT, _HIGHER, "S", "all", "membership: members evaluated (more: tighter intervals)"),
     ("non_members", _COUNT, _HIGHER, "S", "all", "membership: non-members evaluated (more: tighter intervals)"),
-    ("attacker_samples", _COUNT, _NEUTRAL, "S", "all", "the attacker's own data the attack used"),
-    ("known_members", _COUNT, _NEUTRAL, "S", "all", "training samples the attacker knows as members (not evaluated)"),
-    ("known_non_members", _COUNT, _NEUTRAL, "S", "all", "samples the attacker knows as non-members"),
     ("shadow_models", _COUNT, _NEUTRAL, "S", "all", "`mia_shadow`: shadow models trained"),
     ("shadow_train_size", _COUNT, _NEUTRAL, "S", "all", "`mia_shadow`: each shadow's training-set size"),
     ("reference_models", _COUNT, _NEUTRAL, "S", "all", "`rmia` / `lira`: K, the reference models used"),
@@ -238,6 +280,10 @@ _builtin(
      "`rmia` / `lira`: each reference model's training-set size (`message` when smaller than the target's)"),
     ("population_samples", _COUNT, _NEUTRAL, "S", "all", "`rmia` / `lira`: population samples no model trained on"),
     ("distance_threshold", _L2, _NEUTRAL, "S", "all", "`mia_label_only`: calibrated boundary-distance threshold"),
+    panel="membership",
+)
+_builtin(
+    Category.CONFIDENTIALITY,
     ("inversion_confidence", _Kind("score", ".3f", False), _LOWER, "S", "all, baseline, class=…",
      "`mi_face`: target's probability of the intended class on each reconstruction (subset `baseline`: on the start image)"),
     ("inversion_similarity_own", _CORRELATION, _LOWER, "S", "all, baseline, class=…",
@@ -249,10 +295,15 @@ _builtin(
     ("inversion_gain", _CORRELATION._replace(interval=True), _LOWER, "S", "all",
      "`mi_face`: own-class correlation of the reconstruction minus that of the start image, paired per class"),
     ("iterations", _COUNT, _NEUTRAL, "S", "all", "`mi_face`: gradient steps"),
+    panel="inversion",
+)
+_builtin(
+    Category.CONFIDENTIALITY,
     ("attribute_accuracy", _RATE, _LOWER, "S", "split=train, split=holdout",
      "`attribute_inference`: accuracy of inferring the sensitive feature of members / non-members"),
     ("attribute_accuracy_baseline", _RATE, _NEUTRAL, "S", "split=…", "`attribute_inference`: ART's baseline attack, without the model"),
     ("attribute_accuracy_majority", _RATE, _NEUTRAL, "S", "split=…", "`attribute_inference`: always guessing the attacker's majority value"),
     ("attribute_gain", _RATE, _LOWER, "S", "split=…", "`attribute_inference`: attack accuracy minus the better yardstick's, paired per record"),
     ("feature_values", _COUNT, _NEUTRAL, "S", "all", "`attribute_inference`: distinct values of the sensitive feature"),
+    panel="attribute",
 )

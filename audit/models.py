@@ -19,6 +19,8 @@ import numpy as np
 
 from audit.errors import ModelError, describe_exception
 from audit.params import AnyTable, Choice, Flag, ListOf, Location, Number, Param, Text, validate_tagged
+from audit.results import UNDEFENDED
+from audit.training import shuffled_batches, train_epochs
 
 if TYPE_CHECKING:
     import torch
@@ -130,7 +132,6 @@ def train(
     `patience` epochs and the best epoch's weights are restored (early stopping).
     """
     import torch
-    from tqdm.auto import tqdm
 
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -143,31 +144,24 @@ def train(
             module.parameters(), lr=cfg["learning_rate"], momentum=0.9, weight_decay=cfg["weight_decay"]
         )
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    best_loss, best_state, stale = float("inf"), None, 0
-    batch = cfg["batch_size"]
-    for _ in tqdm(range(cfg["epochs"]), desc=f"train {label}", unit="epoch", disable=not progress, leave=False):
-        module.train()
-        order = torch.randperm(len(yt), generator=generator)
-        for i in range(0, len(order), batch):
-            idx = order[i : i + batch]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(module(xt[idx]), yt[idx])
-            loss.backward()
-            optimizer.step()
+    best: dict[str, Any] = {"loss": float("inf"), "state": None, "stale": 0}
+
+    def stop_early() -> bool:
         if validation is None or patience is None:
-            continue
+            return False
         module.eval()
         with torch.no_grad():
             val_loss = float(torch.nn.functional.cross_entropy(module(torch.from_numpy(validation[0])), torch.from_numpy(validation[1])))
-        if val_loss < best_loss:
-            best_loss, stale = val_loss, 0
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    if best_state is not None:
-        module.load_state_dict(best_state)
+        if val_loss < best["loss"]:
+            best.update(loss=val_loss, stale=0, state={k: v.detach().clone() for k, v in module.state_dict().items()})
+            return False
+        best["stale"] += 1
+        return best["stale"] >= patience
+
+    train_epochs(module, optimizer, cfg["epochs"], shuffled_batches(len(yt), cfg["batch_size"], generator),
+                 lambda idx: loss_fn(module(xt[idx]), yt[idx]), stop_early, progress, label)
+    if best["state"] is not None:
+        module.load_state_dict(best["state"])
     module.eval()
     return time.perf_counter() - start
 
@@ -411,7 +405,7 @@ def model_size(module: "torch.nn.Module") -> tuple[int, int, int]:
     return len(buffer.getvalue()), total, nonzero
 
 
-def make_target(module: "torch.nn.Module", dataset: "Dataset", output_kind: str, name: str, defense: str = "none",
+def make_target(module: "torch.nn.Module", dataset: "Dataset", output_kind: str, name: str, defense: str = UNDEFENDED,
                 gradient: "tuple[torch.nn.Module, str] | None" = None) -> Target:
     """`gradient` is (module, its output kind) for white-box attacks to differentiate, when not `module` itself."""
     return Target(

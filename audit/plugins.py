@@ -6,9 +6,10 @@ team adds its own attack or defense without forking Kansa.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Iterator, TypeVar
 
 from audit.errors import KansaError
 from audit.params import Location, Param, ParamSet
@@ -86,3 +87,18 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> Any:
         return self.all()[name]
+
+    @contextmanager
+    def temporarily(self, cls: T) -> Iterator[T]:
+        """Make `cls` a member inside a with-block only (for tests), restoring whatever held its name before."""
+        self.all()
+        name: str = getattr(cls, "name")
+        previous = self._members.get(name)
+        self._members[name] = cls
+        try:
+            yield cls
+        finally:
+            if previous is None:
+                del self._members[name]
+            else:
+                self._members[name] = previous

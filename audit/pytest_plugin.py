@@ -20,7 +20,7 @@ def kansa_audit(tmp_path: Path) -> Callable[..., "AuditResult"]:
     """Call with a config path (and any run_audit keyword); outputs go to a fresh folder, history is off."""
 
     def run(config: str | Path, **kwargs: Any) -> "AuditResult":
-        from audit.runner import run_audit
+        from audit.api import run_audit
 
         kwargs.setdefault("out_dir", tmp_path / "kansa")
         kwargs.setdefault("history", False)

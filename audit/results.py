@@ -7,13 +7,15 @@ renderer needs must be a row here (or a per-cell artifact named in the run metad
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
+from audit.errors import KansaError
+from audit.metrics import Category
 from audit.stats import mean_interval, wilson_interval
 
 SCHEMA_VERSION = "kansa.results/1"
@@ -37,7 +39,10 @@ COLUMNS = [
 ]
 
 # Rows of these categories measure time and vary between identical runs; everything else is reproducible.
-TIMING_CATEGORIES = ("cost",)
+TIMING_CATEGORIES = (Category.COST,)
+
+# The `defense` of the undefended variant of a model, which every audit includes.
+UNDEFENDED = "none"
 
 
 def rate_row(metric: str, successes: int, n: int, **where: Any) -> dict[str, Any]:
@@ -66,7 +71,7 @@ def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Normalise row dicts into the fixed schema (missing cells get neutral defaults)."""
     defaults: dict[str, Any] = {
         "model": "",
-        "defense": "none",
+        "defense": UNDEFENDED,
         "attack": "",
         "category": "",
         "param": "",
@@ -91,19 +96,163 @@ def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table
 
 
+R = TypeVar("R")
+
+
+def _record(cls: type[R], values: dict[str, Any]) -> R:
+    """A record from its JSON object; keys it does not declare (written by a later Kansa) are ignored."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class DataSummary:
+    """The data a run audited, as the report and the history describe it."""
+
+    name: str
+    sha256: str
+    samples: int
+    input_shape: list[int]
+    input_range: list[float]
+    is_image: bool
+    classes: list[str]
+    split_sizes: dict[str, int]
+    evaluation_samples: int
+
+
+@dataclass
+class ModelRecord:
+    name: str
+    kind: str
+    output: str
+    sha256: str
+
+
+@dataclass
+class DefenseRecord:
+    id: str
+    name: str
+    stage: str
+    models: list[str]
+    params: dict[str, Any]
+
+
+@dataclass
+class VariantRecord:
+    """A model variant that was attacked: its weights' digest, and whether they came from the weight cache."""
+
+    model: str
+    defense: str
+    sha256: str
+    cached: bool
+
+
+@dataclass
+class CellRecord:
+    """One attack cell (or a variant's finishing step, `attack` ""): how it ran and where its artifact is."""
+
+    model: str
+    defense: str
+    attack: str
+    status: str = "ok"
+    seed: int | None = None
+    seconds: float = 0.0
+    repeats: int = 1
+    artifact: str = ""
+    message: str = ""
+    key: str = ""
+    resumed: bool = False
+
+
+@dataclass
+class Training:
+    """Which weights the run trained and which it took from the cache (their labels)."""
+
+    trained: list[str] = field(default_factory=list)
+    from_cache: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Execution:
+    executor: str = "local"
+    resumed_cells: int = 0
+
+
+@dataclass
+class RunMetadata:
+    """Everything a run records besides its rows: what was audited, how, where, and with which seeds.
+
+    Written as the `metadata` object of results.json (`to_json`) and read back from it (`from_json`).
+    `config` is the validated config (the schema of docs/config.md); `seeds` the seed manifest.
+    """
+
+    run_id: str
+    created: str
+    title: str
+    config_path: str
+    config_sha256: str
+    config: dict[str, Any]
+    config_text: str
+    seed: int
+    data: DataSummary
+    models: list[ModelRecord] = field(default_factory=list)
+    defenses: list[DefenseRecord] = field(default_factory=list)
+    variants: list[VariantRecord] = field(default_factory=list)
+    cells: list[CellRecord] = field(default_factory=list)
+    training: Training = field(default_factory=Training)
+    execution: Execution = field(default_factory=Execution)
+    versions: dict[str, str] = field(default_factory=dict)
+    machine: dict[str, str] = field(default_factory=dict)
+    git: dict[str, str | None] = field(default_factory=dict)
+    seeds: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 1
+    baseline: str | None = None
+    wall_seconds: float = 0.0
+    schema: str = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any], source: str = "results.json") -> "RunMetadata":
+        try:
+            return _record(cls, {
+                **values,
+                "data": _record(DataSummary, values["data"]),
+                "models": [_record(ModelRecord, m) for m in values.get("models", [])],
+                "defenses": [_record(DefenseRecord, d) for d in values.get("defenses", [])],
+                "variants": [_record(VariantRecord, v) for v in values.get("variants", [])],
+                "cells": [_record(CellRecord, c) for c in values.get("cells", [])],
+                "training": _record(Training, values.get("training", {})),
+                "execution": _record(Execution, values.get("execution", {})),
+            })
+        except (KeyError, TypeError) as exc:
+            raise KansaError(f"{source}: the run metadata is incomplete ({exc})") from None
+
+
 @dataclass
 class AuditResult:
     """What a run returns to Python callers: the table, its metadata, and where it was written."""
 
     table: pd.DataFrame
-    metadata: dict[str, Any]
+    metadata: RunMetadata
     out_dir: Path | None = None
     artifacts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     gates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comparison: pd.DataFrame | None = None  # the defense comparison, computed once by reports.comparison.comparison_of
 
     @property
     def errors(self) -> pd.DataFrame:
         return self.table[self.table["status"] == "error"]
+
+    def cell_arrays(self) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
+        """The saved arrays of every successful attack cell whose artifact is present, by (model, defense, attack id)."""
+        found = {}
+        for cell in self.metadata.cells:
+            arrays = self.artifacts.get(Path(cell.artifact).stem) if cell.status == "ok" and cell.artifact else None
+            if arrays is not None:
+                found[(cell.model, cell.defense, cell.attack)] = arrays
+        return found
 
     def metric(self, metric: str, **where: Any) -> pd.DataFrame:
         """Rows of one metric, filtered by any column, e.g. `metric("robust_accuracy", attack="pgd")`."""
@@ -113,11 +262,10 @@ class AuditResult:
         return selected
 
 
-def load_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+def load_results(path: str | Path) -> tuple[pd.DataFrame, RunMetadata]:
     """Read a results.json (or the run folder holding one) back into the table and its metadata."""
     import json
 
-    from audit.errors import KansaError
 
     path = Path(path)
     if path.is_dir():
@@ -132,14 +280,13 @@ def load_results(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         found = document.get("schema") if isinstance(document, dict) else None
         raise KansaError(f"{path}: expected a Kansa results file with schema {SCHEMA_VERSION}, found {found!r}")
     rows = [{k: (math.nan if v is None and k in ("value", "ci_low", "ci_high", "param_value", "std") else v) for k, v in r.items()} for r in document["results"]]
-    return make_table(rows), document["metadata"]
+    return make_table(rows), RunMetadata.from_json(document.get("metadata") or {}, str(path))
 
 
 def load_run(run_dir: str | Path) -> AuditResult:
     """A finished run folder back as an AuditResult: table, metadata, verdicts and artifacts, to re-render it."""
     import json
 
-    from audit.errors import KansaError
 
     run_dir = Path(run_dir)
     table, metadata = load_results(run_dir)

@@ -15,13 +15,16 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from audit.cache import array_digest, default_cache_path
-from audit.cells import JOURNAL, JOURNAL_OWNER, CellResult, Task, content_key, load_cell, save_cell, waived
-from audit.config import UNDEFENDED, Config, check_against_data, load_config
+from audit.cells import JOURNAL, JOURNAL_OWNER, BuiltVariant, CellResult, Task, cell_key, load_cell, save_cell, waived
+from audit.config import Config, check_against_data, load_config
 from audit.data import quality_rows
 from audit.errors import KansaError
 from audit.executors import Executor, make_executor
@@ -30,8 +33,23 @@ from audit.gates import evaluate_gates, overall_verdict, validate_gates_config
 from audit.history import History, default_path, git_state, resolve_baseline
 from audit.models import module_digest
 from audit.params import Location
-from audit.results import AuditResult, load_results, make_table
-from audit.session import AuditSession, Progress, adopt_session, derive_seed
+from audit.results import (
+    UNDEFENDED,
+    AuditResult,
+    CellRecord,
+    DataSummary,
+    DefenseRecord,
+    Execution,
+    ModelRecord,
+    RunMetadata,
+    Training,
+    VariantRecord,
+    load_results,
+    make_table,
+)
+from audit.seeding import derive_seed
+from audit.session import AuditSession, Progress, adopt_session
+from defenses import registry as defense_registry
 
 
 def versions() -> dict[str, str]:
@@ -82,12 +100,6 @@ def _check_out_dir(out_dir: Path, config_digest: str, force: bool) -> None:
                      "(cells the change leaves untouched are still reused)")
 
 
-def _defense_class(defense_cfg: dict[str, Any]) -> Any:
-    from defenses import registry
-
-    return registry()[defense_cfg["name"]]
-
-
 class _Journal:
     """Finished cells of this run folder, read back on resume and written as each cell completes."""
 
@@ -115,17 +127,162 @@ class _Journal:
                 debris.unlink(missing_ok=True)
 
 
-def _run_stage(executor: Executor, tasks: list[Task], training: dict[str, list[str]],
-               on_done: Any = None) -> list[Any]:
-    """Run tasks through the executor; results in task order, each handed to `on_done` as soon as it finishes."""
-    results: list[Any] = [None] * len(tasks)
-    for index, (result, trained, reused) in executor.run(tasks):
-        training["trained"] += trained
-        training["from_cache"] += reused
-        results[index] = result
-        if on_done is not None:
-            on_done(result)
-    return results
+@dataclass
+class Plan:
+    """The audit's work in order: its models, every (model, variant) pair, and what every cell key depends on."""
+
+    config: Config
+    models: list[str]
+    pairs: list[tuple[str, str]]
+    common: dict[str, Any]
+
+    @staticmethod
+    def of(config: Config, session: AuditSession) -> "Plan":
+        names = [m["name"] for m in config.models]
+        pairs = [(name, UNDEFENDED) for name in names] + [(name, d["id"]) for name in names for d in config.defenses if name in d["models"]]
+        pairs.sort(key=lambda pair: names.index(pair[0]))
+        common = {"data": session.dataset.digest(), "evaluation": config.evaluation, "eval": array_digest(session.eval_idx),
+                  "checks": config.checks, "seed": config.seed}
+        return Plan(config, names, pairs, common)
+
+
+@dataclass
+class Executed:
+    """Every stage's outcome, keyed by plan position, as `assemble` reads them."""
+
+    variants: dict[tuple[str, str], BuiltVariant]
+    cells: dict[tuple[str, str, str], CellResult]
+    finished: dict[tuple[str, str], CellResult]
+    training: Training
+    executor: str
+
+
+class _Stages:
+    """Runs the plan's stages through one executor, journaling each finished cell and reusing journaled ones."""
+
+    def __init__(self, plan: Plan, executor: Executor, journal: _Journal, cache_root: Path | None, quiet: bool) -> None:
+        self.plan, self.executor, self.journal, self.cache_root = plan, executor, journal, cache_root
+        self.quiet = quiet or executor.name != "local"
+        self.training = Training()
+
+    def task(self, kind: str, model: str, **fields: Any) -> Task:
+        return Task(kind, self.plan.config, self.cache_root, model, quiet=self.quiet, **fields)
+
+    def run(self, tasks: list[Task], journaled: bool = False) -> list[Any]:
+        """The tasks' results in task order; with `journaled`, each cell is saved the moment it finishes."""
+        results: list[Any] = [None] * len(tasks)
+        for index, outcome in self.executor.run(tasks):
+            self.training.trained += outcome.trained
+            self.training.from_cache += outcome.reused
+            results[index] = outcome.result
+            if journaled:
+                self.journal.save(outcome.result)
+        return results
+
+
+def execute_plan(stages: _Stages, progress: Progress) -> Executed:
+    """Train the models, build the variants, run every cell, finish every variant; journaled cells are not run again."""
+    plan = stages.plan
+    config = plan.config
+    stages.run([stages.task("model", name) for name in plan.models])  # every model is checked before any attack
+    built = stages.run([stages.task("variant", model, defense=defense) for model, defense in plan.pairs])
+    variants: dict[tuple[str, str], BuiltVariant] = dict(zip(plan.pairs, built))
+    attacked = [pair for pair in plan.pairs if variants[pair].digest is not None]
+    cells: dict[tuple[str, str, str], CellResult] = {}
+    pending = []
+    for model, defense in attacked:
+        for attack_cfg in config.attacks:
+            key = cell_key(plan.common, variants[(model, defense)].digest, attack_cfg, model, defense)
+            cell = stages.journal.load(key)
+            if cell is None:
+                pending.append(stages.task("attack", model, defense=defense, attack=attack_cfg["id"], key=key))
+            else:
+                cells[(model, defense, attack_cfg["id"])] = cell
+    if cells:
+        progress.say(f"resuming: {len(cells)} finished cell(s) journaled in {stages.journal.out_dir}")
+    for cell in stages.run(pending, journaled=True):
+        cells[(cell.record.model, cell.record.defense, cell.record.attack)] = cell
+    finishing, finished = [], {}
+    for model, defense in attacked:
+        inputs = [cells[(model, defense, a["id"])] for a in config.attacks]
+        key = cell_key(plan.common, variants[(model, defense)].digest, [cell.key for cell in inputs], "finish")
+        done = stages.journal.load(key)
+        if done is None:
+            finishing.append(stages.task("finish", model, defense=defense, key=key, inputs=inputs))
+        else:
+            finished[(model, defense)] = done
+    for cell in stages.run(finishing, journaled=True):
+        finished[(cell.record.model, cell.record.defense)] = cell
+    return Executed(variants, cells, finished, stages.training, stages.executor.name)
+
+
+@dataclass
+class Assembled:
+    """The results table in plan order, the artifacts of the successful cells, and what the metadata records of them."""
+
+    rows: list[dict[str, Any]]
+    artifacts: dict[str, dict[str, np.ndarray]]
+    models: list[ModelRecord]
+    variants: list[VariantRecord]
+    cells: list[CellRecord]
+
+
+def assemble(plan: Plan, session: AuditSession, executed: Executed) -> Assembled:
+    """Rows of every stage in plan order (so every executor gives the same table), with waivers applied."""
+    config = plan.config
+    out = Assembled(quality_rows(session.dataset, session.splits), {}, [], [], [])
+    for name in plan.models:
+        model = session.model(name)
+        out.models.append(ModelRecord(name, model.cfg["kind"], model.output_kind, module_digest(model.module)))
+        out.rows += [{**row, "model": name} for row in model.rows]
+    for model, defense in plan.pairs:
+        variant = executed.variants[(model, defense)]
+        out.rows += variant.rows
+        if variant.digest is None:
+            continue
+        out.variants.append(VariantRecord(model, defense, variant.digest, variant.cached))
+        where = {"model": model, "defense": defense}
+        for attack_cfg in config.attacks:
+            cell = executed.cells[(model, defense, attack_cfg["id"])]
+            out.rows += [{**row, **where} for row in cell.rows]
+            out.cells.append(replace(cell.record, key=cell.key, resumed=cell.resumed))
+            if cell.record.status == "ok":
+                out.artifacts[Path(cell.record.artifact).stem] = cell.arrays
+        out.rows += [{**row, **where} for row in waived(executed.finished[(model, defense)].rows, model, config)]
+    return out
+
+
+def _metadata(config: Config, session: AuditSession, executed: Executed, assembled: Assembled,
+              git: tuple[str | None, str | None], baseline_label: str | None) -> RunMetadata:
+    dataset, splits = session.dataset, session.splits
+    data = DataSummary(
+        name=dataset.name, sha256=dataset.digest(), samples=int(len(dataset.y)), input_shape=list(dataset.input_shape),
+        input_range=list(dataset.input_range), is_image=dataset.is_image, classes=dataset.class_names,
+        split_sizes={k: int(len(v)) for k, v in splits.items()}, evaluation_samples=int(len(session.eval_idx)),
+    )
+    return RunMetadata(
+        run_id=uuid.uuid4().hex[:12],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        title=config.title,
+        config_path=str(config.path),
+        config_sha256=config.digest(),
+        config=config.validated(),
+        config_text=config.text,
+        seed=config.seed,
+        data=data,
+        models=assembled.models,
+        defenses=[DefenseRecord(d["id"], d["name"], defense_registry()[d["name"]].stage, d["models"], d["params"]) for d in config.defenses],
+        variants=assembled.variants,
+        cells=assembled.cells,
+        training=executed.training,
+        execution=Execution(executed.executor, sum(cell.resumed for cell in executed.cells.values())),
+        versions=versions(),
+        machine={"platform": platform.platform(), "processor": platform.machine(), "python": sys.executable},
+        git={"commit": git[0], "branch": git[1]},
+        seeds=_seed_manifest(config),
+        repeats=config.evaluation["repeats"],
+        baseline=baseline_label,
+    )
 
 
 def run_audit(
@@ -139,11 +296,13 @@ def run_audit(
     lang: str = "en",
     executor: str | None = None,
     resume: bool | None = None,
+    write_outputs: Callable[[AuditResult, Path, str], object] | None = None,
 ) -> AuditResult:
-    """Run the whole audit and evaluate its gates.
+    """Run the whole audit and evaluate its gates: plan, execute, assemble, finalise.
 
-    Writes every output into `out_dir` when given. `baseline` (a results.json, a run folder, a
-    run id or "last-pass") feeds regression gates; `history` (default: the config's
+    `out_dir` receives the journal (for resume) and, through `write_outputs` (the reports'
+    writer, which `audit.run_audit` passes), every output. `baseline` (a results.json, a run
+    folder, a run id or "last-pass") feeds regression gates; `history` (default: the config's
     [history] enabled) records the run in the history database. `executor` ("local" or "ray")
     and `resume` override the config's [execution] table.
     """
@@ -175,115 +334,25 @@ def run_audit(
         f"data {dataset.name}: {len(dataset.y)} samples, {dataset.n_classes} classes, "
         f"split {len(splits.train)} / {len(splits.holdout)} / {len(splits.test)}"
     )
+    plan = Plan.of(config, session)
     journal = _Journal(out, execution["resume"], config.digest())
-    training: dict[str, list[str]] = {"trained": [], "from_cache": []}
     runner = make_executor(execution)
     try:
-        def task(kind: str, model: str, **fields: Any) -> Task:
-            return Task(kind, config, cache_root, model, quiet=quiet or runner.name != "local", **fields)
-
-        names = [m["name"] for m in config.models]
-        _run_stage(runner, [task("model", name) for name in names], training)  # every model is checked before any attack
-        pairs = [(name, UNDEFENDED) for name in names] + [(name, d["id"]) for name in names for d in config.defenses if name in d["models"]]
-        pairs.sort(key=lambda pair: names.index(pair[0]))
-        built = _run_stage(runner, [task("variant", model, defense=defense) for model, defense in pairs], training)
-        variants = {pair: result for pair, result in zip(pairs, built)}
-        attacked = [pair for pair in pairs if variants[pair][1] is not None]
-        common = {"data": dataset.digest(), "evaluation": config.evaluation, "eval": array_digest(session.eval_idx),
-                  "checks": config.checks, "seed": config.seed}
-        cells: dict[tuple[str, str, str], CellResult] = {}
-        pending = []
-        for model, defense in attacked:
-            for attack_cfg in config.attacks:
-                key = content_key(common, variants[(model, defense)][1], attack_cfg, model, defense)
-                cell = journal.load(key)
-                if cell is None:
-                    pending.append(task("attack", model, defense=defense, attack=attack_cfg["id"], key=key))
-                else:
-                    cells[(model, defense, attack_cfg["id"])] = cell
-        if len(cells):
-            progress.say(f"resuming: {len(cells)} finished cell(s) journaled in {out}")
-        for cell in _run_stage(runner, pending, training, journal.save):
-            cells[(cell.record["model"], cell.record["defense"], cell.record["attack"])] = cell
-        finishing, finished = [], {}
-        for model, defense in attacked:
-            inputs = [cells[(model, defense, a["id"])] for a in config.attacks]
-            key = content_key(common, variants[(model, defense)][1], [cell.key for cell in inputs], "finish")
-            done = journal.load(key)
-            if done is None:
-                finishing.append(task("finish", model, defense=defense, key=key, inputs=inputs))
-            else:
-                finished[(model, defense)] = done
-        for cell in _run_stage(runner, finishing, training, journal.save):
-            finished[(cell.record["model"], cell.record["defense"])] = cell
+        executed = execute_plan(_Stages(plan, runner, journal, cache_root, quiet), progress)
     finally:
         runner.close()
-    rows = quality_rows(dataset, splits)
-    models_meta, variants_meta, cell_records, artifacts = [], [], [], {}
-    for name in names:
-        model = session.model(name)
-        models_meta.append({"name": name, "kind": model.cfg["kind"], "output": model.output_kind, "sha256": module_digest(model.module)})
-        rows += [{**row, "model": name} for row in model.rows]
-    for model, defense in pairs:
-        variant_rows, digest, cached = variants[(model, defense)]
-        rows += variant_rows
-        if digest is None:
-            continue
-        variants_meta.append({"model": model, "defense": defense, "sha256": digest, "cached": cached})
-        where = {"model": model, "defense": defense}
-        for attack_cfg in config.attacks:
-            cell = cells[(model, defense, attack_cfg["id"])]
-            rows += [{**row, **where} for row in cell.rows]
-            cell_records.append({**cell.record, "key": cell.key, "resumed": cell.resumed})
-            if cell.record["status"] == "ok":
-                artifacts[Path(cell.record["artifact"]).stem] = cell.arrays
-        rows += [{**row, **where} for row in waived(finished[(model, defense)].rows, model, config)]
-    journal.keep_only({cell.key for cell in cells.values()} | {cell.key for cell in finished.values()})
+    assembled = assemble(plan, session, executed)
+    journal.keep_only({cell.key for cell in executed.cells.values()} | {cell.key for cell in executed.finished.values()})
     adopt_session(None)
-    table = make_table(rows)
-    metadata = {
-        "schema": "kansa.results/1",
-        "run_id": uuid.uuid4().hex[:12],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "title": config.title,
-        "config_path": str(config.path),
-        "config_sha256": config.digest(),
-        "config": config.validated(),
-        "config_text": config.text,
-        "seed": config.seed,
-        "data": {
-            "name": dataset.name,
-            "sha256": dataset.digest(),
-            "samples": int(len(dataset.y)),
-            "input_shape": list(dataset.input_shape),
-            "input_range": list(dataset.input_range),
-            "is_image": dataset.is_image,
-            "classes": dataset.class_names,
-            "split_sizes": {k: int(len(v)) for k, v in splits.items()},
-            "evaluation_samples": int(len(session.eval_idx)),
-        },
-        "models": models_meta,
-        "defenses": [{"id": d["id"], "name": d["name"], "stage": _defense_class(d).stage, "models": d["models"], "params": d["params"]}
-                     for d in config.defenses],
-        "variants": variants_meta,
-        "training": training,
-        "execution": {"executor": runner.name, "resumed_cells": sum(cell.resumed for cell in cells.values())},
-        "cells": cell_records,
-        "versions": versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.machine(), "python": sys.executable},
-        "git": {"commit": git[0], "branch": git[1]},
-        "seeds": _seed_manifest(config),
-        "repeats": config.evaluation["repeats"],
-        "baseline": baseline_label,
-    }
-    metadata["wall_seconds"] = time.perf_counter() - started
-    result = AuditResult(table=table, metadata=metadata, artifacts=artifacts)
+    metadata = _metadata(config, session, executed, assembled, git, baseline_label)
+    metadata.wall_seconds = time.perf_counter() - started
+    table = make_table(assembled.rows)
+    result = AuditResult(table=table, metadata=metadata, artifacts=assembled.artifacts)
     result.gates = evaluate_gates(config.gates, table, baseline_table)
     if out is not None:
-        from reports import write_outputs
-
         result.out_dir = out
-        write_outputs(result, out, lang)
+        if write_outputs is not None:
+            write_outputs(result, out, lang)
     if config.history["enabled"] if history is None else history:
         store.record(result, overall_verdict(result.gates), git)
     return result
@@ -296,13 +365,12 @@ def regate(run_dir: str | Path, config: str | Path | None = None, baseline: str 
         loaded = load_config(config)
         gates, history_path, base_dir = loaded.gates, loaded.history["path"], loaded.base_dir
     else:
-        stored = metadata["config"]
-        gates = validate_gates_config(stored.get("gates"), Location(f"{run_dir} (stored config)", "gates"))
-        history_path, base_dir = None, Path(metadata["config_path"]).parent
+        gates = validate_gates_config(metadata.config.get("gates"), Location(f"{run_dir} (stored config)", "gates"))
+        history_path, base_dir = None, Path(metadata.config_path).parent
     baseline_table, baseline_label = None, None
     if baseline:
         store = History(default_path(history_path, base_dir))
-        baseline_table, baseline_label = resolve_baseline(baseline, store, metadata.get("git", {}).get("branch"), metadata["title"])
-    result = AuditResult(table=table, metadata={**metadata, "baseline": baseline_label}, out_dir=Path(run_dir))
+        baseline_table, baseline_label = resolve_baseline(baseline, store, metadata.git.get("branch"), metadata.title)
+    result = AuditResult(table=table, metadata=replace(metadata, baseline=baseline_label), out_dir=Path(run_dir))
     result.gates = evaluate_gates(gates, table, baseline_table)
     return result

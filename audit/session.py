@@ -8,8 +8,6 @@ trains twice).
 from __future__ import annotations
 
 import copy
-import hashlib
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,9 +18,10 @@ import numpy as np
 
 from audit.cache import WeightCache, array_digest
 from audit.checks import RANDOMIZED, flag, probe_gradients, probe_randomness
-from audit.config import UNDEFENDED, Config
+from audit.config import Config
 from audit.data import Dataset, Splits, load_dataset, split_dataset
 from audit.errors import describe_exception
+from audit.metrics import Category
 from audit.models import (
     Target,
     build_builtin,
@@ -36,31 +35,19 @@ from audit.models import (
     validate_model_config,
 )
 from audit.params import Location
-from audit.results import count_row, error_row, rate_row
+from audit.results import UNDEFENDED, count_row, error_row, rate_row
+from audit.seeding import derive_seed, seed_everything
+from defenses import registry
 from defenses.base import Defended, DefenseContext
 
 if TYPE_CHECKING:
     import torch
 
 
-def derive_seed(seed: int, *labels: str) -> int:
-    """A stable per-component seed, so adding a model or attack does not reshuffle the others."""
-    digest = hashlib.sha256("/".join([str(seed), *labels]).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
 def load_audit_data(config: Config) -> tuple[Dataset, Splits]:
     """The config's data and its seeded train / hold-out / test split, exactly as every run of it sees them."""
     dataset = load_dataset(config.data, config.base_dir, derive_seed(config.seed, "sample"))
     return dataset, split_dataset(dataset, config.data["split"], derive_seed(config.seed, "split"))
-
-
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Progress:
@@ -83,7 +70,7 @@ def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> list[
         rows.append(rate_row("accuracy", correct, len(idx), subset=f"split={split_name}"))
         if split_name != "test":
             continue
-        rows.append(count_row("inference_ms_per_sample", 1000 * seconds / max(len(idx), 1), category="cost", subset="split=test"))
+        rows.append(count_row("inference_ms_per_sample", 1000 * seconds / max(len(idx), 1), category=Category.COST, subset="split=test"))
         truth = dataset.y[idx]
         for label, name in enumerate(dataset.class_names):
             predicted, actual = pred == label, truth == label
@@ -93,7 +80,7 @@ def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> list[
             for other, other_name in enumerate(dataset.class_names):
                 count = int((actual & (pred == other)).sum())
                 rows.append(count_row("confusion", count, subset=f"true={name};pred={other_name}"))
-    return [{"category": "performance", **row} for row in rows]
+    return [{"category": Category.PERFORMANCE, **row} for row in rows]
 
 
 @dataclass
@@ -159,7 +146,7 @@ def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config
         module = load_user_model(cfg, config.base_dir)
         output_kind = cfg["output"]
         if cfg["kind"] == "pickle":
-            rows.append(count_row("unsafe_pickle_loaded", 1, category="model", message=(
+            rows.append(count_row("unsafe_pickle_loaded", 1, category=Category.MODEL, message=(
                 f"{cfg['path']} was unpickled with allow_unsafe_pickle = true: loading it could run any code it holds"
             )))
         base_parts = {"model": recipe, **data_parts, "loaded": module_digest(module)}
@@ -176,14 +163,14 @@ def _variant_rows(target: Target, defended: Defended, dataset: Dataset, splits: 
     """What a variant costs (size, training and inference time), what it is, and how well it performs."""
     size, total, nonzero = model_size(defended.module)
     rows = [
-        count_row("size_bytes", size, category="cost"),
-        count_row("parameters", total, category="cost"),
-        count_row("nonzero_parameters", nonzero, category="cost"),
+        count_row("size_bytes", size, category=Category.COST),
+        count_row("parameters", total, category=Category.COST),
+        count_row("nonzero_parameters", nonzero, category=Category.COST),
         *defended.rows,
         *_performance_rows(target, dataset, splits),
     ]
     if defended.training_seconds is not None:
-        rows.append(count_row("training_seconds", defended.training_seconds, category="cost",
+        rows.append(count_row("training_seconds", defended.training_seconds, category=Category.COST,
                               message="measured when first trained; this run reused the cached weights" if defended.cached else ""))
     return [{**row, "model": target.name, "defense": target.defense} for row in rows]
 
@@ -280,8 +267,6 @@ class AuditSession:
         return self._variants[(model, defense)]
 
     def _build_variant(self, model: str, defense_id: str) -> Variant:
-        from defenses import registry
-
         prepared, config = self.model(model), self.config
         randomized = False
         if defense_id == UNDEFENDED:
@@ -303,7 +288,7 @@ class AuditSession:
             except Exception as exc:  # one failing defense must not lose the rest of the audit
                 message = describe_exception(exc, limit=500)
                 self.progress.say(f"defense {defense_id} of {model} failed: {message}")
-                return Variant(model, defense_id, None, [error_row(message, model=model, defense=defense_id, category="defense")])
+                return Variant(model, defense_id, None, [error_row(message, model=model, defense=defense_id, category=Category.DEFENSE)])
         labels = (model,) if defense_id == UNDEFENDED else (model, defense_id)
         target = make_target(defended.module, self.dataset, defended.output_kind, model, defense_id, defended.gradient)
         seed_everything(derive_seed(config.seed, "performance", *labels))

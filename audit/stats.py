@@ -31,3 +31,14 @@ def mean_interval(values: np.ndarray, z: float = Z95) -> tuple[float, float, flo
         return (mean, math.nan, math.nan)
     half = z * float(values.std(ddof=1)) / math.sqrt(n)
     return (mean, mean - half, mean + half)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-probabilities in float64, so a confident model's small probabilities never round to 0."""
+    z = np.asarray(logits, dtype=np.float64)
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(logits))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from audit.gates import FAIL, INCONCLUSIVE
 from audit.results import AuditResult
+from audit.runner import regate
+from reports.junit import case_name
 
 
 def assert_gates_pass(run: AuditResult | str | Path, allow_inconclusive: bool = False) -> AuditResult:
@@ -14,9 +16,6 @@ def assert_gates_pass(run: AuditResult | str | Path, allow_inconclusive: bool = 
     `run` is a finished AuditResult or a run folder (its gates are re-evaluated from results.json).
     A run with no gates fails the assertion: asserting nothing must not look like a pass.
     """
-    from audit.runner import regate
-    from reports.junit import case_name
-
     result = run if isinstance(run, AuditResult) else regate(run)
     if result.gates.empty:
         raise AssertionError("the audit has no [[gates]]: nothing was checked")

@@ -82,7 +82,7 @@ def report(label: str, config_text: str) -> None:
     robust = table[(table["metric"] == "robust_accuracy") & (table["subset"] == "all")]
     seconds = {r["attack"]: r["value"] for _, r in table[table["metric"] == "attack_seconds"].iterrows()}
     clean = table[(table["metric"] == "accuracy") & (table["subset"] == "split=test")].iloc[0]["value"]
-    print(f"\n### {label} (clean test accuracy {clean:.3f}; {result.metadata['data']['evaluation_samples']} attacked samples; whole run {wall:.0f} s)\n")
+    print(f"\n### {label} (clean test accuracy {clean:.3f}; {result.metadata.data.evaluation_samples} attacked samples; whole run {wall:.0f} s)\n")
     print("| attack | eps | robust accuracy [95% CI] | attack wall s |")
     print("| --- | --- | --- | --- |")
     for _, r in robust.iterrows():

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 
 from audit.errors import KansaError
+from audit.metrics import Category
 from audit.plugins import Component
 from audit.results import count_row
 
@@ -107,4 +108,4 @@ class Defense(Component, ABC):
 
 
 def note_row(metric: str, value: float, message: str = "") -> dict[str, Any]:
-    return count_row(metric, value, category="defense", message=message)
+    return count_row(metric, value, category=Category.DEFENSE, message=message)

@@ -11,9 +11,11 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from audit.metrics import Category
 from audit.models import build_builtin, logits_view, train
 from audit.params import Choice, Number, Param
 from audit.results import count_row
+from audit.training import shuffled_batches, train_epochs
 from defenses import register
 from defenses.base import Defended, Defense, DefenseContext, DefenseError, note_row
 
@@ -90,7 +92,7 @@ class Quantization(Defense):
             note_row("quantized_layers", layers, f"{layers} linear layer(s) hold int8 weights; other layers stay float32"),
             note_row("gradients_from_float_twin", 1, "quantized layers have no gradient: white-box attacks followed the float "
                      "model's gradients and their examples were judged on the quantized model (a transfer attack)"),
-            count_row("compression_seconds", seconds, category="cost"),
+            count_row("compression_seconds", seconds, category=Category.COST),
         ]
         return Defended(module=quantized, output_kind=context.output_kind, gradient=(context.base, context.output_kind), rows=rows)
 
@@ -134,18 +136,13 @@ class Distillation(Defense):
             t, w = self.values["temperature"], self.values["soft_weight"]
             generator = torch.Generator().manual_seed(context.seed)
             optimizer = torch.optim.Adam(student.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
+            def loss(idx: "torch.Tensor") -> "torch.Tensor":
+                logits = student(x[idx])
+                soft_loss = torch.nn.functional.kl_div(torch.log_softmax(logits / t, 1), soft[idx], reduction="batchmean") * t * t
+                return w * soft_loss + (1 - w) * torch.nn.functional.cross_entropy(logits, y[idx])
+
             start = time.perf_counter()
-            student.train()
-            for _ in range(student_cfg["epochs"]):
-                order = torch.randperm(len(y), generator=generator)
-                for i in range(0, len(order), recipe["batch_size"]):
-                    idx = order[i : i + recipe["batch_size"]]
-                    logits = student(x[idx])
-                    soft_loss = torch.nn.functional.kl_div(torch.log_softmax(logits / t, 1), soft[idx], reduction="batchmean") * t * t
-                    loss = w * soft_loss + (1 - w) * torch.nn.functional.cross_entropy(logits, y[idx])
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+            train_epochs(student, optimizer, student_cfg["epochs"], shuffled_batches(len(y), recipe["batch_size"], generator), loss)
             student.eval()
             return {"seconds": time.perf_counter() - start}
 

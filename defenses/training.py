@@ -12,12 +12,14 @@ import io
 import time
 import warnings
 from abc import abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import numpy as np
 
 from audit.models import logits_view, train
 from audit.params import Choice, Location, Number, Param
+from audit.seeding import seed_everything
+from audit.training import train_epochs
 from defenses import register
 from defenses.base import Defended, Defense, DefenseContext, DefenseError, note_row
 
@@ -57,7 +59,6 @@ class _ARTTrainer(Defense):
             import torch
             from art.estimators.classification import PyTorchClassifier
 
-            from audit.session import seed_everything
 
             seed_everything(context.seed)
             view = logits_view(module, context.output_kind == "probabilities")
@@ -190,7 +191,6 @@ class DPSGD(Defense):
             from opacus import PrivacyEngine
             from opacus.validators import ModuleValidator
 
-            from audit.session import seed_everything
 
             problems = ModuleValidator.validate(module, strict=False)
             if problems:
@@ -212,14 +212,11 @@ class DPSGD(Defense):
                 else:
                     private, optimizer, loader = engine.make_private(**common, noise_multiplier=self.values["noise_multiplier"])
                 loss_fn = torch.nn.CrossEntropyLoss()
-                private.train()
-                for _ in range(recipe["epochs"]):
-                    for xb, yb in loader:
-                        if len(yb) == 0:  # Poisson sampling can draw an empty batch
-                            continue
-                        optimizer.zero_grad(set_to_none=True)
-                        loss_fn(private(xb), yb).backward()
-                        optimizer.step()
+
+                def nonempty() -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+                    return (batch for batch in loader if len(batch[1]))  # Poisson sampling can draw an empty batch
+
+                train_epochs(private, optimizer, recipe["epochs"], nonempty, lambda batch: loss_fn(private(batch[0]), batch[1]))
                 epsilon = float(engine.get_epsilon(delta))
             module.eval()
             return {"seconds": time.perf_counter() - start, "epsilon": epsilon, "delta": delta,

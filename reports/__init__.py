@@ -6,14 +6,15 @@ from pathlib import Path
 
 from audit.files import write_npz_atomic
 from audit.results import AuditResult
+from reports.comparison import comparison_of, run_reference, write_comparison
+from reports.html import write_html
+from reports.junit import write_junit
+from reports.markdown import write_summary
+from reports.tabular import write_csv, write_gates_json, write_json
 
 
 def write_gate_outputs(result: AuditResult, out_dir: Path) -> dict[str, Path]:
     """The verdict files a CI job reads: gates.json, junit.xml, summary.md."""
-    from reports.junit import write_junit
-    from reports.markdown import write_summary
-    from reports.tabular import write_gates_json
-
     out_dir.mkdir(parents=True, exist_ok=True)
     return {
         "gates": write_gates_json(result, out_dir),
@@ -24,15 +25,11 @@ def write_gate_outputs(result: AuditResult, out_dir: Path) -> dict[str, Path]:
 
 def write_outputs(result: AuditResult, out_dir: Path, lang: str = "en") -> dict[str, Path]:
     """Write every output of a run into `out_dir`; each file atomically, the report last."""
-    from reports.comparison import comparison_table, run_reference, write_comparison
-    from reports.html import write_html
-    from reports.tabular import write_csv, write_json
-
     out_dir.mkdir(parents=True, exist_ok=True)
     for key, arrays in result.artifacts.items():
         write_npz_atomic(out_dir / "artifacts" / f"{key}.npz", arrays)
     written = {"json": write_json(result, out_dir), "csv": write_csv(result, out_dir)}
-    written.update(write_comparison(comparison_table(result.table, result.metadata), out_dir, [run_reference(result.metadata)]))
+    written.update(write_comparison(comparison_of(result), out_dir, [run_reference(result.metadata)]))
     written.update(write_gate_outputs(result, out_dir))
     written["html"] = write_html(result, out_dir, lang)
     return written

@@ -24,10 +24,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from audit.errors import KansaError
 from audit.files import write_text_atomic
+from audit.metrics import Category
+from audit.results import UNDEFENDED, AuditResult, DefenseRecord, RunMetadata
 from reports.queries import variant_label
 
-BASELINE = "none"
 SCHEMA = "kansa.comparison/1"
 KEYS = ("run", "model", "defense")
 
@@ -75,7 +77,7 @@ def _variants(table: pd.DataFrame) -> list[tuple[str, str]]:
     pairs = list(dict.fromkeys(zip(table["model"], table["defense"])))
     pairs = [(m, d) for m, d in pairs if m]  # data-quality rows belong to no model
     models = list(dict.fromkeys(m for m, _ in pairs))
-    return [(m, d) for m in models for d in sorted((d for mm, d in pairs if mm == m), key=lambda d: d != BASELINE)]
+    return [(m, d) for m in models for d in sorted((d for mm, d in pairs if mm == m), key=lambda d: d != UNDEFENDED)]
 
 
 def _first_value(rows: pd.DataFrame, metric: str) -> float:
@@ -92,14 +94,13 @@ def _best(rows: pd.DataFrame) -> tuple[float, str]:
     return float(best["value"]), str(best["attack"])
 
 
-def _defense_details(rows: pd.DataFrame, declared: dict[str, Any] | None) -> str:
+def _defense_details(rows: pd.DataFrame, declared: DefenseRecord | None) -> str:
     """What the defense was, as the run recorded it: its declaration and its `defense` rows, whichever exist."""
     parts = []
     if declared:
-        name = declared.get("name") or declared.get("id", "")
-        stage = declared.get("stage")
-        params = declared.get("params") or {}
-        parts.append(name + (f" ({stage})" if stage else "") + ("" if not params else ": " + ", ".join(f"{k}={v}" for k, v in params.items())))
+        params = declared.params
+        parts.append((declared.name or declared.id) + (f" ({declared.stage})" if declared.stage else "")
+                     + ("" if not params else ": " + ", ".join(f"{k}={v}" for k, v in params.items())))
     for _, row in rows.iterrows():
         text = f"{row['metric']}={row['value']:g}" if not math.isnan(row["value"]) else str(row["metric"])
         parts.append(text + (f" ({row['message']})" if row["message"] else ""))
@@ -111,21 +112,21 @@ def _failed(rows: pd.DataFrame) -> str:
     return ", ".join(dict.fromkeys(str(r["attack"] or r["category"] or "?") for _, r in rows.iterrows()))
 
 
-def _variant_line(rows: pd.DataFrame, declared: dict[str, Any] | None) -> dict[str, Any]:
+def _variant_line(rows: pd.DataFrame, declared: DefenseRecord | None) -> dict[str, Any]:
     ok = _ok(rows)
-    clean = ok[(ok["category"] == "performance") & (ok["metric"] == "accuracy") & (ok["subset"] == "split=test")]
+    clean = ok[(ok["category"] == Category.PERFORMANCE) & (ok["metric"] == "accuracy") & (ok["subset"] == "split=test")]
     line: dict[str, Any] = {CLEAN: _first_value(clean, "accuracy")}
-    robust = ok[(ok["category"] == "integrity") & (ok["metric"] == "robust_accuracy") & (ok["subset"] == "all") & ok["param_value"].notna()]
+    robust = ok[(ok["category"] == Category.INTEGRITY) & (ok["metric"] == "robust_accuracy") & (ok["subset"] == "all") & ok["param_value"].notna()]
     for _, row in robust.iterrows():
         line.setdefault(robust_column(row["attack"], row["param_value"]), float(row["value"]))
-    privacy = ok[ok["category"] == "confidentiality"]
+    privacy = ok[ok["category"] == Category.CONFIDENTIALITY]
     line[MIA_AUC], line[MIA_AUC_ATTACK] = _best(privacy[(privacy["metric"] == "auc") & (privacy["subset"] == "all")])
     tpr = privacy[(privacy["metric"] == "tpr_at_fpr") & np.isclose(privacy["param_value"].fillna(-1.0), MIA_FPR)]
     line[MIA_TPR], line[MIA_TPR_ATTACK] = _best(tpr)
-    cost = ok[(ok["category"] == "cost") & (ok["attack"] == "")]
+    cost = ok[(ok["category"] == Category.COST) & (ok["attack"] == "")]
     for metric in COSTS:
         line[metric] = _first_value(cost, metric)
-    line[DETAILS] = _defense_details(ok[ok["category"] == "defense"], declared)
+    line[DETAILS] = _defense_details(ok[ok["category"] == Category.DEFENSE], declared)
     line[FAILED] = _failed(rows[rows["status"] == "error"])
     return line
 
@@ -151,19 +152,19 @@ def _add_deltas(comparison: pd.DataFrame) -> pd.DataFrame:
     group = [k for k in ("run", "model") if k in comparison]
     out = comparison.copy()
     for column in value_columns(comparison):
-        baseline = comparison[column].where(comparison["defense"] == BASELINE)
+        baseline = comparison[column].where(comparison["defense"] == UNDEFENDED)
         reference = baseline.groupby([comparison[k] for k in group]).transform("first")
         out[column + DELTA] = comparison[column] - reference
     return out
 
 
-def comparison_table(table: pd.DataFrame, metadata: dict[str, Any] | None = None, run: str | None = None) -> pd.DataFrame:
+def comparison_table(table: pd.DataFrame, defenses: Sequence[DefenseRecord] = (), run: str | None = None) -> pd.DataFrame:
     """One row per (model, defense) of a results table, with the change of every number against the model's baseline.
 
-    `metadata` (a run's, optional) names the defenses; `run` adds a leading `run` column, for
-    combining several runs with `combine`.
+    `defenses` (a run's declarations, optional) names the defenses; `run` adds a leading `run`
+    column, for combining several runs with `combine`.
     """
-    declared = {d.get("id"): d for d in (metadata or {}).get("defenses") or [] if isinstance(d, dict)}
+    declared = {d.id: d for d in defenses}
     lines = []
     for model, defense in _variants(table):
         rows = table[(table["model"] == model) & (table["defense"] == defense)]
@@ -219,8 +220,6 @@ def default_robust_column(comparison: pd.DataFrame) -> str | None:
 def resolve_axes(comparison: pd.DataFrame, robust: str | None = None, privacy: bool | None = None) -> Axes:
     """The front's objectives: `robust` or the default column; privacy when every variant has a membership AUC."""
     if robust is not None and robust not in comparison:
-        from audit.errors import KansaError
-
         available = ", ".join(robust_columns(comparison)) or "none"
         raise KansaError(f"no robust-accuracy column {robust!r} in the comparison (available: {available})")
     robust = robust if robust is not None else default_robust_column(comparison)
@@ -274,7 +273,7 @@ def front_text(state: Any, t: Callable[..., str]) -> str:
 
 def has_defenses(comparison: pd.DataFrame) -> bool:
     """Whether any model was audited defended; without that a trade-off section would only repeat the headline."""
-    return bool((comparison["defense"] != BASELINE).any())
+    return bool((comparison["defense"] != UNDEFENDED).any())
 
 
 def _signed(number: float, text: str) -> str:
@@ -299,7 +298,7 @@ def format_delta(column: str, value: float, delta: float, t: Callable[..., str])
 
 def delta_text(row: pd.Series, column: str, t: Callable[..., str]) -> str:
     """A variant's change in `column` as shown next to its value; nothing for the baseline itself or a value that is missing."""
-    if row["defense"] == BASELINE or math.isnan(row[column]):
+    if row["defense"] == UNDEFENDED or math.isnan(row[column]):
         return ""
     return format_delta(column, row[column], row[column + DELTA], t)
 
@@ -321,70 +320,6 @@ def row_label(column: str, t: Callable[..., str]) -> str:
     if parsed:
         return t("cmp_robust", attack=parsed[0], eps=f"{parsed[1]:g}")
     return t(f"cmp_{column.split('@')[0]}")
-
-
-def trade_off_figure(comparison: pd.DataFrame, front: pd.Series, axes: Axes, with_run: bool = False) -> str | None:
-    """The trade-off plot of the variants with both accuracies, or None when there is no robust column."""
-    from reports import figures
-
-    if axes.robust is None:
-        return None
-    shown = comparison[comparison[CLEAN].notna() & comparison[axes.robust].notna()]
-    if shown.empty:
-        return None
-    leakage = shown[MIA_AUC].to_numpy(dtype=np.float64)
-    attack, eps = parse_robust_column(axes.robust)
-    return figures.trade_off(
-        labels=[variant_name(r, with_run) for _, r in shown.iterrows()],
-        clean=shown[CLEAN].to_numpy(dtype=np.float64),
-        robust=shown[axes.robust].to_numpy(dtype=np.float64),
-        leakage=leakage if np.isfinite(leakage).any() else None,
-        front=front.loc[shown.index].fillna(False).to_numpy(dtype=bool),
-        frontier=pareto_front(shown, axes.robust, privacy=False).fillna(False).to_numpy(dtype=bool),
-        robust_label=f"robust accuracy ({attack}, eps {eps:g})",
-        leakage_label="best membership AUC (lower is better)",
-        front_label="Pareto front" + (" (with membership AUC)" if axes.privacy else ""),
-    )
-
-
-def comparison_context(comparison: pd.DataFrame, t: Callable[..., str], robust: str | None = None) -> dict[str, Any]:
-    """What templates/sections/defenses.html.j2 shows: the plot, the front, and per model a table of variants."""
-    axes = resolve_axes(comparison, robust)
-    front = pareto_front(comparison, axes.robust, axes.privacy)
-    with_run = "run" in comparison and comparison["run"].nunique() > 1
-    groups = []
-    for key, rows in comparison.groupby([k for k in ("run", "model") if k in comparison], sort=False):
-        title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        lines = []
-        for column in value_columns(comparison):
-            if rows[column].isna().all():
-                continue  # nothing measured: no line rather than a line of dashes
-            cells = []
-            for _, r in rows.iterrows():
-                text = format_value(column, r[column])
-                attack = r[ATTACK_OF[column]] if column in ATTACK_OF else ""
-                if attack:
-                    text += f" ({attack})"
-                cells.append({"value": text, "delta": delta_text(r, column, t)})
-            lines.append({"label": row_label(column, t), "cells": cells, "key": column == axes.robust})
-        pareto = [front_text(v, t) for v in front.loc[rows.index]]
-        groups.append({
-            "title": title,
-            "variants": [{"name": d, "baseline": d == BASELINE} for d in rows["defense"]],
-            "lines": lines,
-            "pareto": pareto,
-            "details": [{"defense": r["defense"], "text": r[DETAILS]} for _, r in rows.iterrows() if r[DETAILS]],
-            "failed": [{"defense": r["defense"], "text": r[FAILED]} for _, r in rows.iterrows() if r[FAILED]],
-        })
-    unjudged = [variant_name(r, with_run) for i, r in comparison.iterrows() if on_front(front.loc[i]) is None]
-    objectives = [t("cmp_clean_accuracy")] + ([row_label(axes.robust, t)] if axes.robust else []) + ([t("cmp_membership_auc")] if axes.privacy else [])
-    return {
-        "figure": trade_off_figure(comparison, front, axes, with_run),
-        "objectives": objectives,
-        "front": [variant_name(r, with_run) for i, r in comparison.iterrows() if on_front(front.loc[i])],
-        "unjudged": unjudged,
-        "groups": groups,
-    }
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -422,9 +357,16 @@ def write_comparison(comparison: pd.DataFrame, out_dir: Path, runs: list[dict[st
     return paths
 
 
-def run_reference(metadata: dict[str, Any], label: str | None = None, path: Path | None = None) -> dict[str, Any]:
+def comparison_of(result: AuditResult) -> pd.DataFrame:
+    """The run's defense comparison: computed on first use and kept, so every output of one run shows the same table."""
+    if result.comparison is None:
+        result.comparison = comparison_table(result.table, result.metadata.defenses)
+    return result.comparison
+
+
+def run_reference(metadata: RunMetadata, label: str | None = None, path: Path | None = None) -> dict[str, Any]:
     """How comparison.json names a run it read."""
-    reference = {"run_id": metadata.get("run_id"), "title": metadata.get("title"), "created": metadata.get("created")}
+    reference: dict[str, Any] = {"run_id": metadata.run_id, "title": metadata.title, "created": metadata.created}
     if label is not None:
         reference["label"] = label
     if path is not None:
@@ -432,25 +374,3 @@ def run_reference(metadata: dict[str, Any], label: str | None = None, path: Path
     return reference
 
 
-def _labels(run_dirs: Sequence[Path], run_ids: Sequence[str]) -> list[str]:
-    """Folder names, which people choose; the run id is added where two folders share a name."""
-    names = [Path(d).resolve().name for d in run_dirs]
-    labels = [n if names.count(n) == 1 else f"{n}#{r}" for n, r in zip(names, run_ids)]
-    return [label if labels.count(label) == 1 else f"{label}#{i + 1}" for i, label in enumerate(labels)]
-
-
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: Path, lang: str = "en", robust: str | None = None) -> dict[str, Path]:
-    """`kansa compare`: the combined table, its Pareto front and plot from several finished runs, written to `out_dir`."""
-    from audit.results import load_results
-    from reports.html import render_comparison_html
-
-    loaded = [load_results(d) for d in run_dirs]
-    labels = _labels([Path(d) for d in run_dirs], [str(meta.get("run_id", "")) for _, meta in loaded])
-    combined = combine([comparison_table(table, meta, run=label) for (table, meta), label in zip(loaded, labels)])
-    runs = [run_reference(meta, label, Path(d)) for (_, meta), label, d in zip(loaded, labels, run_dirs)]
-    resolve_axes(combined, robust)  # a bad --robust is an input error before anything is written
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = write_comparison(combined, out_dir, runs, robust)
-    written["comparison_html"] = out_dir / "comparison.html"
-    write_text_atomic(written["comparison_html"], render_comparison_html(combined, runs, lang, robust))
-    return written

@@ -1,39 +1,29 @@
-"""The report's confidentiality section: membership inference, model inversion, attribute inference.
+"""The report's confidentiality section: membership inference, model inversion, attribute inference, and any other.
 
 Everything comes from the results table and the per-cell artifacts (ROC points, per-sample
-scores, reconstructions); nothing is recomputed here except the figures.
+scores, reconstructions); nothing is recomputed here except the figures. Which panel shows an
+attack is read from the metric registry (`Metric.panel` of the metrics its rows carry): the three
+families Kansa ships have their own panels, any other attack (a plugin's) a generic one that lists
+its metrics with their declared meaning and format.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from audit.results import AuditResult
+from audit.metrics import Category, metric_info, panel_of
+from audit.results import AuditResult, RunMetadata
 from reports import figures
+from reports.formatting import fmt_ci, shown_with_interval
 from reports.queries import variant_label
 
 
 def _fmt_ci(row: pd.Series | None) -> str:
-    from reports.html import fmt_ci
-
     return "–" if row is None else fmt_ci(row)
-
-
-def _cell_arrays(result: AuditResult) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
-    """Artifacts of each successful cell, by (model, defense, attack id)."""
-    out = {}
-    for cell in result.metadata.get("cells", []):
-        if cell.get("status") != "ok" or "artifact" not in cell:
-            continue
-        arrays = result.artifacts.get(Path(cell["artifact"]).stem)
-        if arrays is not None:
-            out[(cell["model"], cell.get("defense", "none"), cell["attack"])] = arrays
-    return out
 
 
 def _one(rows: pd.DataFrame, metric: str, **where: Any) -> pd.Series | None:
@@ -49,8 +39,8 @@ def _count(rows: pd.DataFrame, metric: str) -> str:
 
 
 def _membership(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple[str, str, str], dict[str, np.ndarray]],
-                meta: dict[str, Any]) -> dict[str, Any] | None:
-    attacks = list(dict.fromkeys(rows[rows["metric"] == "auc"]["attack"]))
+                meta: RunMetadata) -> dict[str, Any] | None:
+    attacks = list(dict.fromkeys(rows["attack"]))
     if not attacks:
         return None
     fprs = sorted(set(rows[rows["metric"] == "tpr_at_fpr"]["param_value"].dropna()))
@@ -84,23 +74,23 @@ def _membership(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple
         found = arrays.get((*variant, attack))
         if found is None or "roc_fpr" not in found:
             continue
-        curves.append((f"{attack} (AUC {auc['value']:.2f})", found["roc_fpr"], found["roc_tpr"]))
+        curves.append((attack if auc is None else f"{attack} (AUC {auc['value']:.2f})", found["roc_fpr"], found["roc_tpr"]))
         is_member = found["sample/is_member"].astype(bool)
         scores = found["sample/score"]
         panels.append((attack, scores[is_member], scores[~is_member]))
-        if auc["value"] > best_auc and "exposed_x" in found:
+        if auc is not None and auc["value"] > best_auc and "exposed_x" in found:
             best, best_auc = attack, auc["value"]
     exposed = None
     if best is not None:
         found = arrays[(*variant, best)]
-        classes = meta["data"]["classes"]
+        classes = meta.data.classes
         samples = [{"row": int(i), "label": classes[int(c)], "score": f"{s:.3g}"}
                    for i, c, s in zip(found["exposed_index"], found["exposed_label"], found["exposed_score"])]
         captions = [f"#{e['row']} {e['label']} s={e['score']}" for e in samples]
         exposed = {
             "attack": best,
-            "image": figures.image_rows([("most exposed", found["exposed_x"], captions)], tuple(meta["data"]["input_range"]))
-            if meta["data"]["is_image"]
+            "image": figures.image_rows([("most exposed", found["exposed_x"], captions)], tuple(meta.data.input_range))
+            if meta.data.is_image
             else None,
             "samples": samples,
         }
@@ -115,10 +105,10 @@ def _membership(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple
 
 
 def _inversion(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple[str, str, str], dict[str, np.ndarray]],
-               meta: dict[str, Any]) -> list[dict[str, Any]]:
+               meta: RunMetadata) -> list[dict[str, Any]]:
     panels = []
-    classes = meta["data"]["classes"]
-    for attack in dict.fromkeys(rows[rows["metric"] == "inversion_confidence"]["attack"]):
+    classes = meta.data.classes
+    for attack in dict.fromkeys(rows["attack"]):
         cell = rows[rows["attack"] == attack]
         measures = []
         for metric, label in (
@@ -132,7 +122,7 @@ def _inversion(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple[
             )
         found = arrays.get((*variant, attack))
         image = None
-        if found is not None and meta["data"]["is_image"]:
+        if found is not None and meta.data.is_image:
             k = len(found["confidence"])
             own = np.diag(found["similarity"])
             base_own = np.diag(found["baseline_similarity"])
@@ -142,7 +132,7 @@ def _inversion(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple[
                     ("start (baseline)", found["baseline"], [f"p={found['baseline_confidence'][c]:.2f} r={base_own[c]:.2f}" for c in range(k)]),
                     ("class mean (train)", found["class_means"], [classes[c] for c in range(k)]),
                 ],
-                tuple(meta["data"]["input_range"]),
+                tuple(meta.data.input_range),
             )
         panels.append({"attack": attack, "measures": measures, "gain": _fmt_ci(_one(cell, "inversion_gain")), "iterations": _count(cell, "iterations"), "image": image})
     return panels
@@ -150,7 +140,7 @@ def _inversion(variant: tuple[str, str], rows: pd.DataFrame, arrays: dict[tuple[
 
 def _attribute(rows: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
-    for attack in dict.fromkeys(rows[rows["metric"] == "attribute_accuracy"]["attack"]):
+    for attack in dict.fromkeys(rows["attack"]):
         cell = rows[rows["attack"] == attack]
         lines = []
         for split, label in (("split=train", "attr_members"), ("split=holdout", "attr_non_members")):
@@ -167,22 +157,47 @@ def _attribute(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _generic(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Attacks no dedicated panel presents: each metric with its declared meaning, as the registry describes it."""
+    out = []
+    for attack, cell in rows.groupby("attack", sort=False):
+        lines = []
+        for _, r in cell.iterrows():
+            info = metric_info(r["metric"])
+            lines.append({"metric": r["metric"], "meaning": info.meaning if info else "", "subset": r["subset"],
+                          "at": "" if math.isnan(r["param_value"]) else f"{r['param']}={r['param_value']:g}",
+                          "value": shown_with_interval(r), "n": "" if math.isnan(r["n"]) else f"{int(r['n']):,}", "message": r["message"]})
+        out.append({"attack": attack, "lines": lines})
+    return out
+
+
+def _panel(cell: pd.DataFrame) -> str:
+    """The panel of one attack's rows: the first one its metrics declare, "" (generic) when none does."""
+    return next((panel for panel in map(panel_of, cell["metric"]) if panel), "")
+
+
 def build_confidentiality(result: AuditResult) -> dict[str, Any] | None:
     """Context for templates/sections/confidentiality.html.j2, or None when no confidentiality attack ran."""
-    table = result.table[result.table["category"] == "confidentiality"]
+    table = result.table[result.table["category"] == Category.CONFIDENTIALITY]
     if table.empty:
         return None
     errors = [{"model": variant_label(r["model"], r["defense"]), "attack": r["attack"], "message": r["message"]} for _, r in table[table["status"] == "error"].iterrows()]
     ok = table[table["status"] == "ok"]
-    arrays = _cell_arrays(result)
+    arrays = result.cell_arrays()
     models = []
     for variant, rows in ok.groupby(["model", "defense"], sort=False):
+        panels = {attack: _panel(cell) for attack, cell in rows.groupby("attack", sort=False)}
+
+        def of(panel: str) -> pd.DataFrame:
+            return rows[rows["attack"].map(panels) == panel]
+
         entry = {
             "name": variant_label(*variant),
-            "membership": _membership(variant, rows, arrays, result.metadata),
-            "inversion": _inversion(variant, rows, arrays, result.metadata),
-            "attribute": _attribute(rows),
+            "membership": _membership(variant, of("membership"), arrays, result.metadata),
+            "inversion": _inversion(variant, of("inversion"), arrays, result.metadata),
+            "attribute": _attribute(of("attribute")),
+            "other": _generic(of("")),
         }
-        if entry["membership"] or entry["inversion"] or entry["attribute"]:
+        if entry["membership"] or entry["inversion"] or entry["attribute"] or entry["other"]:
             models.append(entry)
     return {"models": models, "errors": errors}

@@ -9,40 +9,28 @@ lights. Builders only read the results table, verdicts, metadata and saved artif
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
+from attacks import registry
+from attacks.base import Access
 from audit.files import write_text_atomic
 from audit.gates import overall_verdict
+from audit.metrics import CHARACTERISTICS, Category, metric_info, panel_of
 from audit.results import AuditResult
 from reports import figures
+from reports.comparison import comparison_of, has_defenses
+from reports.confidentiality import build_confidentiality
+from reports.formatting import fmt, fmt_ci
 from reports.junit import case_name
 from reports.queries import headline, variant_label
-from reports.scorecard import CHARACTERISTICS, Run, build_run, gate_characteristic, traffic_light
-
-if TYPE_CHECKING:
-    from jinja2 import Environment
-
-TEMPLATES = Path(__file__).parent / "templates"
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value.is_integer() else f"{value:.{digits}f}"
-    return str(value)
-
-
-def fmt_ci(row: pd.Series) -> str:
-    """An estimate with its interval (and the spread over repeats), or a plain count."""
-    if math.isnan(row["ci_low"]):
-        return fmt(row["value"])
-    text = f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-    return text + (f" ± {row['std']:.3f}" if "std" in row and not math.isnan(row["std"]) else "")
+from reports.scorecard import Run, build_run, gate_characteristic, traffic_light
+from reports.templating import template_environment
+from reports.trade_offs import comparison_context
 
 
 def _cover(run: Run) -> dict[str, Any]:
@@ -67,7 +55,7 @@ def _scorecard(run: Run) -> dict[str, Any]:
             "where": case_name(check),
             "rule": check["rule"],
             "reason": check["reason"],
-            "characteristic": gate_characteristic(check, run.table),
+            "characteristic": gate_characteristic(check),
         }
         for _, check in run.result.gates.iterrows()
     ]
@@ -82,7 +70,7 @@ def _scorecard(run: Run) -> dict[str, Any]:
         for item in headline(run.table)
     ]
     return {"lights": lights, "gates": gates, "verdict": verdict, "verdict_text": run.t(verdict) if verdict else "",
-            "baseline": run.meta.get("baseline"), "headline": models}
+            "baseline": run.meta.baseline, "headline": models}
 
 
 def _characteristic(run: Run, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -90,7 +78,7 @@ def _characteristic(run: Run, key: str, body: dict[str, Any] | None = None) -> d
 
 
 def _quality_rows(run: Run, metrics: tuple[str, ...]) -> list[dict[str, str]]:
-    rows = run.table[(run.table["category"] == "data_quality") & run.table["metric"].isin(metrics)]
+    rows = run.table[(run.table["category"] == Category.DATA_QUALITY) & run.table["metric"].isin(metrics)]
     return [{"metric": r["metric"], "subset": r["subset"], "value": fmt_ci(r), "message": r["message"]} for _, r in rows.iterrows()]
 
 
@@ -100,7 +88,7 @@ def _a1(run: Run) -> dict[str, Any]:
 
 def _a2(run: Run) -> dict[str, Any]:
     table = run.table
-    counts = table[(table["metric"] == "recall") & (table["category"] == "performance")]
+    counts = table[(table["metric"] == "recall") & (table["category"] == Category.PERFORMANCE)]
     per_class = [{"name": r["subset"].split("=", 1)[1], "n": int(r["n"])} for _, r in counts.drop_duplicates("subset").iterrows()]
     return _characteristic(run, "A-2", {"attributes": run.config("component").get("attributes") or [], "per_class": per_class})
 
@@ -119,8 +107,8 @@ def _b3(run: Run) -> dict[str, Any]:
 
 
 def _c1(run: Run) -> dict[str, Any]:
-    table = run.table[run.table["category"] == "performance"]
-    classes = run.meta["data"]["classes"]
+    table = run.table[run.table["category"] == Category.PERFORMANCE]
+    classes = run.meta.data.classes
     models = []
     for (model, defense), rows in table.groupby(["model", "defense"], sort=False):
         accuracy = [{"split": r["subset"].split("=", 1)[1], "value": fmt_ci(r), "n": r["n"]} for _, r in rows[rows["metric"] == "accuracy"].iterrows()]
@@ -156,33 +144,27 @@ def _robustness_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return lines
 
 
-def _cell_arrays(run: Run, model: str, defense: str) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    """(cell, saved arrays) for every successful cell of a model variant whose artifacts are present."""
-    found = []
-    for cell in run.meta["cells"]:
-        if cell["model"] == model and cell.get("defense", "none") == defense and cell["status"] == "ok":
-            arrays = run.result.artifacts.get(Path(cell.get("artifact", "")).stem)
-            if arrays is not None:
-                found.append((cell, arrays))
-    return found
+def _cell_arrays(run: Run, model: str, defense: str) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """(attack id, saved arrays) for every successful cell of a model variant whose artifacts are present."""
+    return [(attack, arrays) for (m, d, attack), arrays in run.result.cell_arrays().items() if (m, d) == (model, defense)]
 
 
 def _min_perturbations(run: Run, model: str, defense: str) -> str | None:
     series = {}
-    for cell, arrays in _cell_arrays(run, model, defense):
+    for attack, arrays in _cell_arrays(run, model, defense):
         if "sample/min_perturbation" in arrays:
             values = arrays["sample/min_perturbation"]
-            series[cell["attack"]] = values[np.isfinite(values) & (values > 0)]
+            series[attack] = values[np.isfinite(values) & (values > 0)]
     return figures.distributions(series, "minimal perturbation") if series else None
 
 
 def _gallery(run: Run, model: str, defense: str) -> list[dict[str, str]]:
-    if not run.meta["data"]["is_image"]:
+    if not run.meta.data.is_image:
         return []
-    classes = run.meta["data"]["classes"]
-    value_range = tuple(run.meta["data"]["input_range"])
+    classes = run.meta.data.classes
+    value_range = tuple(run.meta.data.input_range)
     panels = []
-    for cell, arrays in _cell_arrays(run, model, defense):
+    for attack, arrays in _cell_arrays(run, model, defense):
         if "x_adv" not in arrays or len(arrays["index"]) == 0:
             continue
         pick = len(arrays["eps"]) // 2
@@ -197,16 +179,17 @@ def _gallery(run: Run, model: str, defense: str) -> list[dict[str, str]]:
             ],
             value_range,
         )
-        panels.append({"attack": cell["attack"], "eps": "minimal" if math.isnan(eps) else f"{eps:g}", "image": image})
+        panels.append({"attack": attack, "eps": "minimal" if math.isnan(eps) else f"{eps:g}", "image": image})
     return panels
 
 
 def _sanity_rows(run: Run, model: str, defense: str) -> list[dict[str, str]]:
     table = run.table
-    rows = table[(table["category"] == "sanity") & (table["model"] == model) & (table["defense"] == defense)]
+    rows = table[(table["category"] == Category.SANITY) & (table["model"] == model) & (table["defense"] == defense)]
     out = []
     for _, r in rows.iterrows():
-        if r["metric"] == "noise_robust_accuracy":
+        info = metric_info(r["metric"])
+        if info is None or info.unit != "flag":  # a measurement beside the checks (the noise baseline), not a flag
             state, observed = "", fmt_ci(r)
         else:
             state = "waived" if r["status"] == "waived" else ("flagged" if r["value"] == 1.0 else "clear")
@@ -217,13 +200,13 @@ def _sanity_rows(run: Run, model: str, defense: str) -> list[dict[str, str]]:
 
 
 def _c2(run: Run) -> dict[str, Any]:
-    table = run.table[(run.table["category"] == "integrity") & (run.table["status"] == "ok")]
+    table = run.table[(run.table["category"] == Category.INTEGRITY) & (run.table["status"] == "ok")]
     models = []
     for (model, defense), rows in table.groupby(["model", "defense"], sort=False):
         name = variant_label(model, defense)
         overall = rows[(rows["subset"] == "all") & (rows["metric"] == "robust_accuracy")]
         per_class = rows[(rows["metric"] == "robust_accuracy") & (rows["subset"] != "all")]
-        minimal = rows[rows["metric"].str.startswith("median_min_perturbation") | (rows["metric"] == "success_rate_unbounded")]
+        minimal = rows[rows["metric"].map(panel_of) == "minimal_perturbation"]
         models.append({
             "name": name,
             "curve": figures.robustness_curve(overall, f"{name}: robust accuracy vs eps") if len(overall) else None,
@@ -240,14 +223,14 @@ def _c2(run: Run) -> dict[str, Any]:
 def _d1(run: Run) -> dict[str, Any]:
     meta = run.meta
     return _characteristic(run, "D-1", {
-        "versions": meta["versions"],
-        "hashes": {"config": meta["config_sha256"], "data": meta["data"]["sha256"], **{f"model {m['name']}": m["sha256"] for m in meta["models"]},
-                   **{f"model {variant_label(v['model'], v['defense'])}": v["sha256"] for v in meta.get("variants", [])}},
-        "models": meta["models"],
-        "cells": [{**c, "model": variant_label(c["model"], c.get("defense", "none")), "seconds": fmt(c["seconds"], 2)} for c in meta["cells"]],
-        "machine": meta["machine"],
-        "seeds": meta.get("seeds", {}),
-        "wall": fmt(meta["wall_seconds"], 1),
+        "versions": meta.versions,
+        "hashes": {"config": meta.config_sha256, "data": meta.data.sha256, **{f"model {m.name}": m.sha256 for m in meta.models},
+                   **{f"model {variant_label(v.model, v.defense)}": v.sha256 for v in meta.variants}},
+        "models": meta.models,
+        "cells": [{**asdict(c), "model": variant_label(c.model, c.defense), "seconds": fmt(c.seconds, 2)} for c in meta.cells],
+        "machine": meta.machine,
+        "seeds": meta.seeds,
+        "wall": fmt(meta.wall_seconds, 1),
     })
 
 
@@ -256,12 +239,10 @@ def _e1(run: Run) -> dict[str, Any]:
     regression = gates[gates["kind"] == "regression"] if "kind" in gates else gates.iloc[0:0]
     checks = [{"gate": c["gate"], "where": case_name(c), "verdict": c["verdict"], "verdict_text": run.t(c["verdict"]), "reason": c["reason"]}
               for _, c in regression.iterrows()]
-    return _characteristic(run, "E-1", {"baseline": run.meta.get("baseline"), "checks": checks})
+    return _characteristic(run, "E-1", {"baseline": run.meta.baseline, "checks": checks})
 
 
 def _security(run: Run) -> dict[str, Any]:
-    from reports.confidentiality import build_confidentiality
-
     return _characteristic(run, "S", {
         "threat_model": run.config("component").get("threat_model") or run.t("threat_default"),
         "confidentiality": build_confidentiality(run.result),
@@ -270,28 +251,24 @@ def _security(run: Run) -> dict[str, Any]:
 
 def _defenses(run: Run) -> dict[str, Any] | None:
     """The trade-off between the defended variants, omitted when every model was audited only as trained."""
-    from reports.comparison import comparison_context, comparison_table, has_defenses
-
-    comparison = comparison_table(run.table, run.meta)
+    comparison = comparison_of(run.result)
     return comparison_context(comparison, run.t) if has_defenses(comparison) else None
 
 
 def _diagnostics(run: Run) -> dict[str, Any]:
     table = run.table
     errors = table[table["status"] == "error"]
-    shown_elsewhere = ("integrity", "sanity", "confidentiality")
+    shown_elsewhere = (Category.INTEGRITY, Category.SANITY, Category.CONFIDENTIALITY)
     notes = table[(table["message"] != "") & (table["status"] == "ok") & ~table["category"].isin(shown_elsewhere)]
-    limitations = [run.t("lim_bounds"), run.t("lim_samples", n=run.meta["data"]["evaluation_samples"])]
-    from attacks import registry
-    from attacks.base import Access
+    limitations = [run.t("lim_bounds"), run.t("lim_samples", n=run.meta.data.evaluation_samples)]
 
     attacks = registry()
-    run_attacks = [a["name"] for a in run.meta["config"]["attacks"]]
+    run_attacks = [a["name"] for a in run.meta.config["attacks"]]
     if not any(attacks[name].access is not Access.GRADIENTS for name in run_attacks if name in attacks):
         limitations.append(run.t("lim_no_blackbox"))
-    if not run.has("confidentiality"):
+    if not run.has(Category.CONFIDENTIALITY):
         limitations.append(run.t("lim_no_confidentiality"))
-    if not run.has("sanity"):
+    if not run.has(Category.SANITY):
         limitations.append(run.t("lim_no_checks"))
     return {
         "errors": [{"model": variant_label(r["model"], r["defense"]), "attack": r["attack"] or "(defense)", "message": r["message"]}
@@ -302,7 +279,7 @@ def _diagnostics(run: Run) -> dict[str, Any]:
 
 
 def _appendix(run: Run) -> dict[str, Any]:
-    return {"config_text": run.meta["config_text"], "config_path": run.meta["config_path"]}
+    return {"config_text": run.meta.config_text, "config_path": run.meta.config_path}
 
 
 SECTIONS: list[tuple[str, Callable[[Run], dict[str, Any] | None]]] = [
@@ -318,25 +295,6 @@ SECTIONS: list[tuple[str, Callable[[Run], dict[str, Any] | None]]] = [
 PLAIN_SECTIONS = ("scorecard", "defenses", "diagnostics", "appendix")
 
 
-def template_environment() -> "Environment":
-    """Every template renders with autoescaping: names and messages in the table are user text.
-
-    `a.b` on a dict reads the key `b` before any attribute: jinja's default prefers attributes, so a
-    context key named like a dict method (`items`, `values`) rendered the method instead of the data.
-    """
-    from collections.abc import Mapping
-
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    class KeysFirst(Environment):
-        def getattr(self, obj: Any, attribute: str) -> Any:
-            if isinstance(obj, Mapping) and attribute in obj:
-                return obj[attribute]
-            return super().getattr(obj, attribute)
-
-    return KeysFirst(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
-
-
 def render_html(result: AuditResult, lang: str = "en") -> str:
     run = build_run(result, lang)
     env = template_environment()
@@ -349,17 +307,6 @@ def render_html(result: AuditResult, lang: str = "en") -> str:
                              "body": f"sections/{key}.html.j2"})
     return env.get_template("report.html.j2").render(
         meta=result.metadata, sections=sections, t=run.t, lang=lang, cover=_cover(run)
-    )
-
-
-def render_comparison_html(comparison: pd.DataFrame, runs: list[dict[str, Any]], lang: str = "en", robust: str | None = None) -> str:
-    """comparison.html of `kansa compare`: the runs it read, then the same trade-off section as the report."""
-    from reports.comparison import comparison_context
-    from reports.i18n import translator
-
-    t = translator(lang)
-    return template_environment().get_template("comparison.html.j2").render(
-        ctx=comparison_context(comparison, t, robust), runs=runs, t=t, lang=lang
     )
 
 

@@ -34,8 +34,8 @@ def junit_xml(result: AuditResult) -> bytes:
     errors = int((gates["verdict"] == INCONCLUSIVE).sum())
     root = ET.Element("testsuites", name="kansa", tests=str(len(gates)), failures=str(failures), errors=str(errors))
     suite = ET.SubElement(
-        root, "testsuite", name=f"kansa gates: {result.metadata['title']}", tests=str(len(gates)),
-        failures=str(failures), errors=str(errors), skipped="0", timestamp=result.metadata["created"],
+        root, "testsuite", name=f"kansa gates: {result.metadata.title}", tests=str(len(gates)),
+        failures=str(failures), errors=str(errors), skipped="0", timestamp=result.metadata.created,
     )
     for _, check in gates.iterrows():
         case = ET.SubElement(suite, "testcase", classname=f"kansa.{check['gate']}", name=case_name(check), time="0")

@@ -11,10 +11,13 @@ from pathlib import Path
 
 from audit.files import write_text_atomic
 from audit.gates import FAIL, INCONCLUSIVE, PASS, SEVERITY, overall_verdict
+from audit.metrics import CHARACTERISTICS
 from audit.results import AuditResult
+from reports.comparison import CLEAN, MIA_AUC, MIA_AUC_ATTACK, comparison_of, delta_text, format_value, front_text, has_defenses, pareto_front, resolve_axes, row_label
+from reports.i18n import translator
 from reports.junit import case_name
 from reports.queries import headline, variant_label
-from reports.scorecard import CHARACTERISTICS, build_run, traffic_light
+from reports.scorecard import build_run, traffic_light
 
 LIGHTS = {"red": "🔴", "amber": "🟠", "grey": "⚪", "green": "🟢"}
 LIGHT_ORDER = {"red": 3, "amber": 2, "grey": 1, "green": 0}
@@ -30,9 +33,9 @@ def escape(text: object) -> str:
 def summary_markdown(result: AuditResult) -> str:
     meta, table, gates = result.metadata, result.table, result.gates
     verdict = overall_verdict(gates)
-    lines = [f"## Kansa audit: {escape(meta['title'])}", "", f"**Verdict: {ICONS[verdict]}** · run `{meta['run_id']}` · {meta['created']}", ""]
-    if meta.get("baseline"):
-        lines += [f"Baseline: {escape(meta['baseline'])}", ""]
+    lines = [f"## Kansa audit: {escape(meta.title)}", "", f"**Verdict: {ICONS[verdict]}** · run `{meta.run_id}` · {meta.created}", ""]
+    if meta.baseline:
+        lines += [f"Baseline: {escape(meta.baseline)}", ""]
     run = build_run(result, "en")
     lights = [(c, traffic_light(run, c)) for c in CHARACTERISTICS]
     lines += ["### Scorecard", "", "| characteristic | status |", "| --- | --- |"]
@@ -68,22 +71,7 @@ def summary_markdown(result: AuditResult) -> str:
 
 def _trade_offs(result: AuditResult) -> list[str]:
     """The defended variants against their baselines (the headline columns of comparison.csv), when there are any."""
-    from reports.comparison import (
-        CLEAN,
-        MIA_AUC,
-        MIA_AUC_ATTACK,
-        comparison_table,
-        delta_text,
-        format_value,
-        front_text,
-        has_defenses,
-        pareto_front,
-        resolve_axes,
-        row_label,
-    )
-    from reports.i18n import translator
-
-    comparison = comparison_table(result.table, result.metadata)
+    comparison = comparison_of(result)
     if not has_defenses(comparison):
         return []
     t = translator("en")

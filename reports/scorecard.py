@@ -13,22 +13,21 @@ import pandas as pd
 from audit.checks import masking_flags
 from audit.gates import FAIL, INCONCLUSIVE
 from audit.gates import SEVERITY as VERDICT_SEVERITY
-from audit.results import AuditResult
+from audit.metrics import Category, metric_info
+from audit.results import AuditResult, RunMetadata
 from reports.i18n import translator
 
-CHARACTERISTICS = ("A-1", "A-2", "B-1", "B-2", "B-3", "C-1", "C-2", "D-1", "E-1", "S")
 MEASURED, ATTESTED, MISSING = "measured", "attested", "missing"
 
 
-def gate_characteristic(check: pd.Series, table: pd.DataFrame) -> str:
-    """The characteristic a gate check evidences: declared, else inferred from the metric's category."""
+def gate_characteristic(check: pd.Series) -> str:
+    """The characteristic a gate check evidences: declared by the gate, else by its metric (C-2 for a metric that declares none)."""
     if check["characteristic"]:
         return check["characteristic"]
     if check.get("kind") == "regression":
         return "E-1"
-    rows = table[table["metric"] == check.get("metric")]
-    category = rows["category"].iloc[0] if len(rows) else ""
-    return {"performance": "C-1", "integrity": "C-2", "confidentiality": "S", "data_quality": "B-3"}.get(category, "C-2")
+    info = metric_info(check.get("metric", ""))
+    return info.characteristic if info is not None and info.characteristic else "C-2"
 
 
 @dataclass
@@ -45,14 +44,14 @@ class Run:
         return self.result.table
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> RunMetadata:
         return self.result.metadata
 
     def config(self, key: str) -> Any:
-        return self.meta["config"].get(key) or {}
+        return self.meta.config.get(key) or {}
 
     def attestations(self, characteristic: str) -> list[dict[str, Any]]:
-        return [a for a in self.meta["config"].get("attestations", []) if a["characteristic"] == characteristic]
+        return [a for a in self.meta.config.get("attestations", []) if a["characteristic"] == characteristic]
 
     def has(self, category: str, metric: str | None = None) -> bool:
         rows = self.table[(self.table["category"] == category) & (self.table["status"] == "ok")]
@@ -91,35 +90,35 @@ def gather_evidence(run: Run) -> None:
             _item(run, "ev_class_coverage", measured=classes_everywhere),
         ],
         "B-1": [
-            _item(run, "ev_split_shares", measured=run.has("data_quality", "class_share")),
+            _item(run, "ev_split_shares", measured=run.has(Category.DATA_QUALITY, "class_share")),
             _item(run, "ev_provenance", characteristic="B-1"),
         ],
-        "B-2": [_item(run, "ev_uniformity", measured=run.has("data_quality", "imbalance_ratio"))],
+        "B-2": [_item(run, "ev_uniformity", measured=run.has(Category.DATA_QUALITY, "imbalance_ratio"))],
         "B-3": [
-            _item(run, "ev_data_checks", measured=run.has("data_quality", "duplicates_across_splits")),
+            _item(run, "ev_data_checks", measured=run.has(Category.DATA_QUALITY, "duplicates_across_splits")),
             _item(run, "ev_label_review", characteristic="B-3"),
         ],
         "C-1": [
-            _item(run, "ev_accuracy", measured=run.has("performance", "accuracy")),
+            _item(run, "ev_accuracy", measured=run.has(Category.PERFORMANCE, "accuracy")),
             _item(run, "ev_accuracy_gate", measured=_gates_with(run, "C-1")),
         ],
         "C-2": [
-            _item(run, "ev_robustness", measured=run.has("integrity", "robust_accuracy")),
-            _item(run, "ev_sanity", measured=run.has("sanity") and not any(
-                len(masking_flags(table, m["name"])) for m in run.meta["models"])),
+            _item(run, "ev_robustness", measured=run.has(Category.INTEGRITY, "robust_accuracy")),
+            _item(run, "ev_sanity", measured=run.has(Category.SANITY) and not any(
+                len(masking_flags(table, m.name)) for m in run.meta.models)),
             _item(run, "ev_robustness_gate", measured=_gates_with(run, "C-2")),
         ],
         "D-1": [
-            _item(run, "ev_versions", measured=bool(run.meta.get("versions"))),
+            _item(run, "ev_versions", measured=bool(run.meta.versions)),
             _item(run, "ev_software_verification", characteristic="D-1"),
         ],
         "E-1": [
-            _item(run, "ev_baseline", measured=bool(run.meta.get("baseline"))),
+            _item(run, "ev_baseline", measured=bool(run.meta.baseline)),
             _item(run, "ev_monitoring", characteristic="E-1"),
         ],
         "S": [
             _item(run, "ev_threat_model", declared=component.get("threat_model"), characteristic="S"),
-            _item(run, "ev_confidentiality", measured=run.has("confidentiality")),
+            _item(run, "ev_confidentiality", measured=run.has(Category.CONFIDENTIALITY)),
         ],
     }
 
@@ -129,7 +128,7 @@ def traffic_light(run: Run, characteristic: str) -> str:
     gate = run.gate_state.get(characteristic)
     if gate == FAIL:
         return "red"
-    if characteristic == "C-2" and items[1]["status"] == MISSING and run.has("sanity"):
+    if characteristic == "C-2" and items[1]["status"] == MISSING and run.has(Category.SANITY):
         return "red"
     if all(i["status"] == MISSING for i in items):
         return "grey"
@@ -141,7 +140,7 @@ def traffic_light(run: Run, characteristic: str) -> str:
 def build_run(result: AuditResult, lang: str) -> Run:
     run = Run(result, translator(lang))
     for _, check in result.gates.iterrows():
-        characteristic = gate_characteristic(check, result.table)
+        characteristic = gate_characteristic(check)
         run.gate_state[characteristic] = max([run.gate_state.get(characteristic, "pass"), check["verdict"]], key=VERDICT_SEVERITY.get)
     gather_evidence(run)
     return run

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.files import write_text_atomic
+from audit.gates import overall_verdict
 from audit.results import SCHEMA_VERSION, AuditResult
 
 
@@ -19,7 +20,7 @@ def _clean(value: Any) -> Any:
 
 def results_json(result: AuditResult) -> str:
     records = [{k: _clean(v) for k, v in row.items()} for row in result.table.to_dict(orient="records")]
-    document = {"schema": SCHEMA_VERSION, "metadata": result.metadata, "results": records}
+    document = {"schema": SCHEMA_VERSION, "metadata": result.metadata.to_json(), "results": records}
     return json.dumps(document, indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n"
 
 
@@ -39,13 +40,12 @@ def write_gates_json(result: AuditResult, out_dir: Path) -> Path:
     """gates.json: the verdicts of a run (rewritten by `kansa gate`, while results.json stays as measured)."""
     path = out_dir / "gates.json"
     checks = [{k: _clean(v) for k, v in row.items()} for row in result.gates.to_dict(orient="records")]
-    from audit.gates import overall_verdict
 
     document = {
         "schema": "kansa.gates/1",
-        "run_id": result.metadata["run_id"],
+        "run_id": result.metadata.run_id,
         "verdict": overall_verdict(result.gates),
-        "baseline": result.metadata.get("baseline"),
+        "baseline": result.metadata.baseline,
         "checks": checks,
     }
     write_text_atomic(path, json.dumps(document, indent=1, ensure_ascii=False, default=str, allow_nan=False) + "\n")

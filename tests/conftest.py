@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from audit.results import RunMetadata
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -87,3 +91,13 @@ def _config_file(text: str) -> Path:
 
     directory = Path(tempfile.mkdtemp(prefix="kansa-test-"))
     return write(directory / "audit.toml", text)
+
+
+def run_metadata(**fields: Any) -> "RunMetadata":
+    """Metadata of a run that was never executed, for tests that build a results table by hand."""
+    from audit.results import DataSummary, RunMetadata
+
+    data = DataSummary("digits", "0" * 64, 10, [1, 8, 8], [0.0, 1.0], True, [str(c) for c in range(10)], {"train": 6, "holdout": 2, "test": 2}, 2)
+    defaults: dict[str, Any] = {"run_id": "r0", "created": "2026-01-01T00:00:00+00:00", "title": "t", "config_path": "audit.toml",
+                                "config_sha256": "0" * 64, "config": {"attacks": []}, "config_text": "", "seed": 0, "data": data}
+    return RunMetadata(**{**defaults, **fields})

@@ -96,14 +96,13 @@ class Exploding(Attack):
         raise RuntimeError("boom <b>")
 
 
-def test_a_failing_attack_is_an_error_row_and_the_run_completes(tmp_path, monkeypatch):
+def test_a_failing_attack_is_an_error_row_and_the_run_completes(tmp_path):
     import attacks
 
-    registry()
-    monkeypatch.setitem(attacks.ATTACKS._members, Exploding.name, Exploding)
     text = SMALL_AUDIT.replace("steps = 10", 'steps = 2\n\n[[attacks]]\nname = "exploding-test-attack"')
     text = text.replace("epochs = 15", "epochs = 2").replace("samples = 200", "samples = 40")
-    result = run_audit(write(tmp_path / "audit.toml", text), out_dir=tmp_path / "out")
+    with attacks.ATTACKS.temporarily(Exploding):
+        result = run_audit(write(tmp_path / "audit.toml", text), out_dir=tmp_path / "out")
     errors = result.errors
     assert len(errors) == 1
     assert errors.iloc[0]["attack"] == "exploding-test-attack"

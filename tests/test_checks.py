@@ -194,7 +194,7 @@ def test_repeats_report_mean_and_spread_for_randomised_attacks_only(tmp_path):
     pgd = result.metric("robust_accuracy", attack="pgd", subset="all")
     fgsm = result.metric("robust_accuracy", attack="fgsm", subset="all")
     assert pgd["std"].notna().all() and fgsm["std"].isna().all()
-    assert {c["attack"]: c["repeats"] for c in result.metadata["cells"]} == {"fgsm": 1, "pgd": 3}
+    assert {c.attack: c.repeats for c in result.metadata.cells} == {"fgsm": 1, "pgd": 3}
 
 
 def test_repeated_rows_carry_the_mean_the_mean_interval_and_the_spread():

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from audit.cli import main
-from audit.results import AuditResult, make_table
+from audit.results import AuditResult, DefenseRecord, make_table
 from reports.comparison import (
     CLEAN,
     DELTA,
@@ -26,8 +26,10 @@ from reports.comparison import (
     pareto_front,
     robust_column,
 )
-from reports.html import render_comparison_html, render_html
+from reports.html import render_html
 from reports.tabular import results_json
+from reports.trade_offs import render_comparison_html
+from tests.conftest import run_metadata
 
 PGD, ENS = robust_column("pgd", 0.1), robust_column("ensemble", 0.1)
 
@@ -109,7 +111,7 @@ def test_one_line_per_variant_with_deltas_against_its_own_models_baseline():
     assert (line(comparison, "cnn", "none")[[CLEAN + DELTA, PGD + DELTA]] == 0).all()
     assert dp["defense_details"] == "dp_epsilon=3; noise_multiplier=1.1"
     assert quant["defense_details"] == "gradients_from_float_twin=1 (white-box attacks used the float twin's gradients)"
-    declared = {"defenses": [{"id": "dp", "name": "DP-SGD", "stage": "training", "params": {"max_grad_norm": 1.0}}]}
+    declared = [DefenseRecord("dp", "DP-SGD", "training", ["cnn"], {"max_grad_norm": 1.0})]
     assert line(comparison_table(two_models(), declared), "cnn", "dp")["defense_details"] == (
         "DP-SGD (training): max_grad_norm=1.0; dp_epsilon=3; noise_multiplier=1.1")
 
@@ -259,13 +261,13 @@ def test_a_run_writes_its_comparison(small_run):
     csv = pd.read_csv(small_run.out_dir / "comparison.csv")
     assert list(csv["defense"]) == ["none"] and CLEAN in csv and robust_column("ensemble", 0.2) in csv and "pareto" in csv
     document = json.loads((small_run.out_dir / "comparison.json").read_text())
-    assert document["schema"] == "kansa.comparison/1" and document["runs"][0]["run_id"] == small_run.metadata["run_id"]
+    assert document["schema"] == "kansa.comparison/1" and document["runs"][0]["run_id"] == small_run.metadata.run_id
     row = document["rows"][0]
     assert row[CLEAN] == pytest.approx(float(csv[CLEAN].iloc[0])) and row[MIA_AUC] is None  # NaN is written as null
 
 
 def write_run(folder: Path, table: pd.DataFrame, run_id: str) -> Path:
-    metadata = {"run_id": run_id, "title": f"audit {run_id}", "created": "2026-01-01T00:00:00+00:00"}
+    metadata = run_metadata(run_id=run_id, title=f"audit {run_id}")
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(results_json(AuditResult(table=table, metadata=metadata)), encoding="utf-8")
     return folder

@@ -6,11 +6,11 @@ import contextlib
 import copy
 import io
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

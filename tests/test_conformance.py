@@ -104,7 +104,7 @@ def test_every_attack_emits_what_it_declares_aligned_and_reproducible(tmp_path, 
     session = _session(tmp_path, kind, _table("attacks", name, cls))
     task = Task("attack", session.config, None, "model", defense="none", attack=name, key="conformance")
     first, second = run_attack_cell(session, task), run_attack_cell(session, task)
-    assert first.record["status"] == "ok", first.rows
+    assert first.record.status == "ok", first.rows
     emitted = {row["metric"] for row in first.rows} - RUNNER_METRICS
     assert emitted <= set(cls.emits), f"{name} emits undeclared metrics: {sorted(emitted - set(cls.emits))}"
     assert {row["category"] for row in first.rows} <= {cls.kind.category, "cost"}

@@ -125,7 +125,7 @@ def test_every_variant_is_attacked_and_the_undefended_baseline_is_always_there(m
     table = matrix[0].table
     attacked = set(table[(table.metric == "robust_accuracy") & (table.attack == "pgd")].defense)
     assert attacked == {"none", "madry_pgd", "feature_squeezing", "pruning", "quantization", "class_labels"}
-    assert {v["defense"] for v in matrix[0].metadata["variants"]} == attacked
+    assert {v.defense for v in matrix[0].metadata.variants} == attacked
 
 
 @pytest.mark.slow
@@ -167,9 +167,9 @@ def test_reverse_sigmoid_that_flips_predictions_is_refused_and_the_rest_complete
 @pytest.mark.slow
 def test_a_cached_rerun_trains_nothing_and_gives_the_same_numbers(matrix):
     first, again = matrix
-    assert "cnn/madry_pgd" in first.metadata["training"]["trained"] or "cnn/madry_pgd" in first.metadata["training"]["from_cache"]
-    assert again.metadata["training"]["trained"] == []
-    assert set(again.metadata["training"]["from_cache"]) >= {"cnn", "cnn/madry_pgd", "cnn (reference)"}
+    assert "cnn/madry_pgd" in first.metadata.training.trained or "cnn/madry_pgd" in first.metadata.training.from_cache
+    assert again.metadata.training.trained == []
+    assert set(again.metadata.training.from_cache) >= {"cnn", "cnn/madry_pgd", "cnn (reference)"}
     measured = ~first.table.category.isin(["cost"])
     pd.testing.assert_frame_equal(first.table[measured].reset_index(drop=True), again.table[~again.table.category.isin(["cost"])].reset_index(drop=True))
 

@@ -151,15 +151,14 @@ def test_junit_xml_parses_with_the_expected_cases(small_run, tmp_path):
     assert summary.index("### Scorecard") < summary.index("| ❌ fail |") < summary.index("| ⚠️ inconclusive |") < summary.index("| ✅ pass |")
 
 
-def test_an_errored_attack_run_exits_inconclusive(tmp_path, monkeypatch, capsys):
+def test_an_errored_attack_run_exits_inconclusive(tmp_path, capsys):
     import attacks
     from tests.test_attacks import Exploding
 
-    attacks.registry()
-    monkeypatch.setitem(attacks.ATTACKS._members, Exploding.name, Exploding)
     text = SMALL_AUDIT.replace("epochs = 15", "epochs = 2").replace("samples = 200", "samples = 40")
     text += '\n[[attacks]]\nname = "exploding-test-attack"\n\n[[gates]]\nmetric = "robust_accuracy"\nthreshold = 0.0\n'
-    code = main(["run", str(write(tmp_path / "a.toml", text)), "--out", str(tmp_path / "o"), "--quiet"])
+    with attacks.ATTACKS.temporarily(Exploding):
+        code = main(["run", str(write(tmp_path / "a.toml", text)), "--out", str(tmp_path / "o"), "--quiet"])
     assert code == 3
     captured = capsys.readouterr()
     assert "INCONCLUSIVE" in captured.out and "exploding-test-attack on cnn errored" in captured.out

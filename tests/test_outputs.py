@@ -111,7 +111,7 @@ def test_same_config_and_seed_give_identical_numbers(small_config, small_run):
     pd.testing.assert_frame_equal(
         small_run.table[measured].reset_index(drop=True), again.table[~again.table["category"].isin(TIMING_CATEGORIES)].reset_index(drop=True)
     )
-    assert again.metadata["models"][0]["sha256"] == small_run.metadata["models"][0]["sha256"]
+    assert again.metadata.models[0].sha256 == small_run.metadata.models[0].sha256
 
 
 def test_cli_run_end_to_end_and_input_errors(tmp_path):

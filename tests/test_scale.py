@@ -92,9 +92,9 @@ def test_ray_executor_gives_the_local_results(tmp_path: Path):
     local = run_audit(config, tmp_path / "local", history=False)
     os.environ.pop("RAY_ADDRESS", None)
     distributed = run_audit(config, tmp_path / "ray", history=False, executor="ray", resume=False)
-    assert distributed.metadata["execution"]["executor"] == "ray"
-    assert local.metadata["execution"]["executor"] == "local"
-    assert len(local.metadata["cells"]) == 10  # 2 models x (none, pruning) + cnn x feature_squeezing, x 2 attacks
+    assert distributed.metadata.execution.executor == "ray"
+    assert local.metadata.execution.executor == "local"
+    assert len(local.metadata.cells) == 10  # 2 models x (none, pruning) + cnn x feature_squeezing, x 2 attacks
     pd.testing.assert_frame_equal(measured(local), measured(distributed))
 
 
@@ -137,15 +137,15 @@ def test_a_changed_attack_reruns_only_its_own_cells(tmp_path: Path):
 
     config = write(tmp_path / "audit.toml", SLOW_CELLS.replace("steps = 20", "steps = 5"))
     first = run_audit(config, tmp_path / "run", history=False)
-    assert first.metadata["execution"]["resumed_cells"] == 0
+    assert first.metadata.execution.resumed_cells == 0
     again = run_audit(config, tmp_path / "run", history=False)
-    assert again.metadata["execution"]["resumed_cells"] == 7
-    assert again.metadata["training"]["trained"] == []
+    assert again.metadata.execution.resumed_cells == 7
+    assert again.metadata.training.trained == []
     pd.testing.assert_frame_equal(measured(first), measured(again))
     write(config, SLOW_CELLS.replace("steps = 20", "steps = 5").replace("eps = [0.7]", "eps = [0.65]"))
     with pytest.raises(KansaError, match="different config"):
         run_audit(config, tmp_path / "run", history=False)
     changed = run_audit(config, tmp_path / "run", history=False, force=True)
-    reran = [cell["attack"] for cell in changed.metadata["cells"] if not cell["resumed"]]
+    reran = [cell.attack for cell in changed.metadata.cells if not cell.resumed]
     assert reran == ["pgd-7"]
     assert len(list((tmp_path / "run" / "cells").glob("*.npz"))) == 8  # 7 attack cells + 1 finish; the old pgd-7 cells dropped

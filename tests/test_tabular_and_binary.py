@@ -62,7 +62,7 @@ def test_a_tabular_membership_audit_renders_the_most_exposed_training_rows(tmp_p
 
 
 def test_template_keys_named_like_dict_methods_render_their_values():
-    from reports.html import template_environment
+    from reports.templating import template_environment
 
     template = template_environment().from_string("{{ a.items | join(',') }} {{ a.values }} {% for k, v in b.items() %}{{ k }}={{ v }}{% endfor %}")
     assert template.render(a={"items": ["#3", "#7"], "values": 12}, b={"x": 1}) == "#3,#7 12 x=1"

@@ -1,0 +1,132 @@
+"""The defense trade-offs as people read them: the report's section, its plot, and `kansa compare`.
+
+The numbers come from `reports.comparison` (the analysis, shared with summary.md and the CSV/JSON
+files); this module only lays them out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from audit.files import write_text_atomic
+from audit.results import UNDEFENDED, load_results
+from reports import figures
+from reports.comparison import (
+    ATTACK_OF,
+    CLEAN,
+    DETAILS,
+    FAILED,
+    MIA_AUC,
+    Axes,
+    combine,
+    comparison_table,
+    delta_text,
+    format_value,
+    front_text,
+    on_front,
+    pareto_front,
+    parse_robust_column,
+    resolve_axes,
+    row_label,
+    run_reference,
+    value_columns,
+    variant_name,
+    write_comparison,
+)
+from reports.i18n import translator
+from reports.templating import template_environment
+
+
+def trade_off_figure(comparison: pd.DataFrame, front: pd.Series, axes: Axes, with_run: bool = False) -> str | None:
+    """The trade-off plot of the variants with both accuracies, or None when there is no robust column."""
+    if axes.robust is None:
+        return None
+    shown = comparison[comparison[CLEAN].notna() & comparison[axes.robust].notna()]
+    if shown.empty:
+        return None
+    leakage = shown[MIA_AUC].to_numpy(dtype=np.float64)
+    attack, eps = parse_robust_column(axes.robust)
+    return figures.trade_off(
+        labels=[variant_name(r, with_run) for _, r in shown.iterrows()],
+        clean=shown[CLEAN].to_numpy(dtype=np.float64),
+        robust=shown[axes.robust].to_numpy(dtype=np.float64),
+        leakage=leakage if np.isfinite(leakage).any() else None,
+        front=front.loc[shown.index].fillna(False).to_numpy(dtype=bool),
+        frontier=pareto_front(shown, axes.robust, privacy=False).fillna(False).to_numpy(dtype=bool),
+        robust_label=f"robust accuracy ({attack}, eps {eps:g})",
+        leakage_label="best membership AUC (lower is better)",
+        front_label="Pareto front" + (" (with membership AUC)" if axes.privacy else ""),
+    )
+
+
+def comparison_context(comparison: pd.DataFrame, t: Callable[..., str], robust: str | None = None) -> dict[str, Any]:
+    """What templates/sections/defenses.html.j2 shows: the plot, the front, and per model a table of variants."""
+    axes = resolve_axes(comparison, robust)
+    front = pareto_front(comparison, axes.robust, axes.privacy)
+    with_run = "run" in comparison and comparison["run"].nunique() > 1
+    groups = []
+    for key, rows in comparison.groupby([k for k in ("run", "model") if k in comparison], sort=False):
+        title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        lines = []
+        for column in value_columns(comparison):
+            if rows[column].isna().all():
+                continue  # nothing measured: no line rather than a line of dashes
+            cells = []
+            for _, r in rows.iterrows():
+                text = format_value(column, r[column])
+                attack = r[ATTACK_OF[column]] if column in ATTACK_OF else ""
+                if attack:
+                    text += f" ({attack})"
+                cells.append({"value": text, "delta": delta_text(r, column, t)})
+            lines.append({"label": row_label(column, t), "cells": cells, "key": column == axes.robust})
+        pareto = [front_text(v, t) for v in front.loc[rows.index]]
+        groups.append({
+            "title": title,
+            "variants": [{"name": d, "baseline": d == UNDEFENDED} for d in rows["defense"]],
+            "lines": lines,
+            "pareto": pareto,
+            "details": [{"defense": r["defense"], "text": r[DETAILS]} for _, r in rows.iterrows() if r[DETAILS]],
+            "failed": [{"defense": r["defense"], "text": r[FAILED]} for _, r in rows.iterrows() if r[FAILED]],
+        })
+    unjudged = [variant_name(r, with_run) for i, r in comparison.iterrows() if on_front(front.loc[i]) is None]
+    objectives = [t("cmp_clean_accuracy")] + ([row_label(axes.robust, t)] if axes.robust else []) + ([t("cmp_membership_auc")] if axes.privacy else [])
+    return {
+        "figure": trade_off_figure(comparison, front, axes, with_run),
+        "objectives": objectives,
+        "front": [variant_name(r, with_run) for i, r in comparison.iterrows() if on_front(front.loc[i])],
+        "unjudged": unjudged,
+        "groups": groups,
+    }
+
+
+def render_comparison_html(comparison: pd.DataFrame, runs: list[dict[str, Any]], lang: str = "en", robust: str | None = None) -> str:
+    """comparison.html of `kansa compare`: the runs it read, then the same trade-off section as the report."""
+    t = translator(lang)
+    return template_environment().get_template("comparison.html.j2").render(
+        ctx=comparison_context(comparison, t, robust), runs=runs, t=t, lang=lang
+    )
+
+
+def _labels(run_dirs: Sequence[Path], run_ids: Sequence[str]) -> list[str]:
+    """Folder names, which people choose; the run id is added where two folders share a name."""
+    names = [Path(d).resolve().name for d in run_dirs]
+    labels = [n if names.count(n) == 1 else f"{n}#{r}" for n, r in zip(names, run_ids)]
+    return [label if labels.count(label) == 1 else f"{label}#{i + 1}" for i, label in enumerate(labels)]
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out_dir: Path, lang: str = "en", robust: str | None = None) -> dict[str, Path]:
+    """`kansa compare`: the combined table, its Pareto front and plot from several finished runs, written to `out_dir`."""
+    loaded = [load_results(d) for d in run_dirs]
+    labels = _labels([Path(d) for d in run_dirs], [meta.run_id for _, meta in loaded])
+    combined = combine([comparison_table(table, meta.defenses, run=label) for (table, meta), label in zip(loaded, labels)])
+    runs = [run_reference(meta, label, Path(d)) for (_, meta), label, d in zip(loaded, labels, run_dirs)]
+    resolve_axes(combined, robust)  # a bad --robust is an input error before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = write_comparison(combined, out_dir, runs, robust)
+    written["comparison_html"] = out_dir / "comparison.html"
+    write_text_atomic(written["comparison_html"], render_comparison_html(combined, runs, lang, robust))
+    return written
