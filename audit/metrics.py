@@ -31,6 +31,8 @@ class Category(StrEnum):
 
 
 CATEGORIES = tuple(Category)
+# The report's dedicated panels; a metric with none ("") is shown in its section's generic panel.
+PANELS = ("", "membership", "inversion", "attribute", "minimal_perturbation")
 
 
 class Direction(str, Enum):
@@ -67,6 +69,9 @@ class Metric:
         if self.category not in CATEGORIES:
             raise KansaError(f'metric "{self.name}": category "{self.category}" is not one of {", ".join(CATEGORIES)}')
         object.__setattr__(self, "category", Category(self.category))
+        if self.panel not in PANELS:
+            raise KansaError(f'metric "{self.name}": panel "{self.panel}" is not one of the report\'s panels {", ".join(filter(None, PANELS))} '
+                             '(leave it empty for the generic panel)')
         if self.characteristic is not None and self.characteristic not in CHARACTERISTICS:
             raise KansaError(f'metric "{self.name}": characteristic "{self.characteristic}" is not one of {", ".join(CHARACTERISTICS)}')
         try:

@@ -86,6 +86,10 @@ def test_a_name_keeps_one_meaning_and_new_metrics_join():
         assert gate["direction"] == "auto"
         with pytest.raises(KansaError, match='format "%d"'):
             register_metric(Metric("badly_formatted", "x", Direction.LOWER, "count", "%d", None, False, "cost"))
+        with pytest.raises(KansaError, match='category "privacy" is not one of'):
+            Metric("uncategorised", "x", Direction.LOWER, "count", ",.0f", None, False, "privacy")
+        with pytest.raises(KansaError, match='panel "leaks" is not one of the report'):  # a panel nobody draws would hide the attack
+            Metric("unpanelled", "x", Direction.LOWER, "count", ",.0f", "S", False, "confidentiality", panel="leaks")
     assert metric_info("queries_used") is None and "queries_used" not in metrics_markdown()
 
 
