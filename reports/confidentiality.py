@@ -166,7 +166,7 @@ def _generic(rows: pd.DataFrame) -> list[dict[str, Any]]:
             info = metric_info(r["metric"])
             lines.append({"metric": r["metric"], "meaning": info.meaning if info else "", "subset": r["subset"],
                           "at": "" if math.isnan(r["param_value"]) else f"{r['param']}={r['param_value']:g}",
-                          "value": shown_with_interval(r), "n": "" if math.isnan(r["n"]) else f"{int(r['n']):,}", "message": r["message"]})
+                          "value": shown_with_interval(r), "n": f"{int(r['n']):,}" if r["n"] else "", "message": r["message"]})
         out.append({"attack": attack, "lines": lines})
     return out
 
