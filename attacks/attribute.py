@@ -35,6 +35,7 @@ class AttributeInference(Attack):
     name = "attribute_inference"
     kind = AttackKind.ATTRIBUTE
     access = Access.LABELS
+    needs_members = True
     emits = ("attribute_accuracy", "attribute_accuracy_baseline", "attribute_accuracy_majority", "attribute_gain", "attacker_samples", "feature_values")
     summary = "ART AttributeInferenceBlackBox on a declared sensitive (categorical) feature, against the majority value and a model-free baseline"
     data_kinds = ("tabular",)

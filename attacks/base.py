@@ -12,6 +12,9 @@ the gates and the report read about it; none of them special-cases an attack by 
   with white-box attacks of the same norm, and white-box ones with random noise.
 - `single_step`, `randomized`: one gradient step (compared with iterative attacks); randomised
   (re-run with other seeds for `[evaluation] repeats`).
+- `needs_members`: it measures against the model's training data (members). The runner runs it
+  only where the members are known — a model Kansa trained on its own split, or declared
+  `data.train` — and otherwise writes an error row, so no figure stands on guessed members.
 - `emits`: the metric names its rows carry (see `audit.metrics`, where a new one is registered).
 - `data_kinds`, `data_note`, `check_data`, `check`: what it applies to and which parameter
   combinations it refuses, asked before anything is trained (`audit.plugins.Component`).
@@ -102,6 +105,7 @@ class Attack(Component, ABC):
     kind: ClassVar[AttackKind]
     access: ClassVar[Access] = Access.GRADIENTS
     single_step: ClassVar[bool] = False
+    needs_members: ClassVar[bool] = False
     emits: ClassVar[tuple[str, ...]] = ()
 
     @property

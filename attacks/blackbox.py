@@ -14,11 +14,12 @@ import numpy as np
 from attacks import register
 from attacks.base import Access, AttackContext, AttackOutput, EvasionAttack, MinimizationAttack
 from attacks.evasion import PGD, art_norm, square
-from audit.params import Choice, Number, Param
+from audit.params import Choice, Location, Number, Param
 from audit.results import rate_row
 from audit.seeding import derive_seed
 
 if TYPE_CHECKING:
+    from audit.data import Dataset, Splits
     from audit.models import Target
 
 
@@ -112,6 +113,12 @@ class Transfer(EvasionAttack):
         Param("surrogate_data", Choice(("train", "holdout")), "train", "split the surrogate learns from (holdout: an attacker without the training data)"),
         Param("steps", Number(1, 10_000, integer=True), 40, "PGD steps on the surrogate", quick=3),
     )
+
+    @classmethod
+    def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
+        super().check_data(values, dataset, splits, where)
+        if not len(getattr(splits, values["surrogate_data"])):
+            raise where.child("surrogate_data").error(f'the surrogate learns from data.{values["surrogate_data"]}, which is not declared')
 
     def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
         if context.train_like_target is None or context.dataset is None or context.splits is None:

@@ -53,6 +53,7 @@ def inversion_measures(confidence: np.ndarray, similarity: np.ndarray) -> dict[s
 class MIFace(Attack):
     name = "mi_face"
     kind = AttackKind.INVERSION
+    needs_members = True
     emits = ("inversion_confidence", "inversion_similarity_own", "inversion_similarity_other", "inversion_closest_own", "inversion_gain", "iterations")
     summary = "ART MIFace (Fredrikson et al. 2015): one reconstruction per class by gradient ascent, measured against class-mean training images"
     params = (

@@ -100,7 +100,12 @@ def protocol_size(members: int | None, splits: "Splits") -> int:
 
 
 def check_protocol(attack: str, values: dict[str, Any], splits: "Splits", where: Location) -> None:
-    """The protocol a config asks for must fit the split: refused before anything is trained."""
+    """The protocol a config asks for must fit the split: refused before anything is trained.
+
+    An undeclared role is no config error: the runner refuses the cells that need it, as error rows.
+    """
+    if splits.declared and not (len(splits.train) and len(splits.holdout)):
+        return
     try:
         protocol_size(values["members"], splits)
     except KansaError as exc:
@@ -165,7 +170,7 @@ def _view_class() -> type:
                 input_shape=target.input_shape,
                 nb_classes=target.n_classes,
                 clip_values=target.clip_values,
-                device_type="cpu",
+                device_type=target.art_device,
             )
             self.kansa_target = target
             self.output = output
@@ -234,6 +239,7 @@ class MembershipAttack(Attack):
 
     kind = AttackKind.MEMBERSHIP
     access = Access.SCORES
+    needs_members = True
     emits = ("auc", "leakage", "advantage", "balanced_accuracy", "tpr_at_fpr", "members", "non_members")
     params = protocol_params()
     invertible: ClassVar[bool] = False

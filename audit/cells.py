@@ -19,16 +19,16 @@ from typing import Any
 import numpy as np
 
 from attacks import registry
-from attacks.base import AttackContext, AttackOutput, ensemble_rows
+from attacks.base import Access, AttackContext, AttackOutput, ensemble_rows
 from audit.cache import content_key
 from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, table_checks
 from audit.config import Config
 from audit.errors import describe_exception
 from audit.files import write_npz_atomic
 from audit.metrics import Category
-from audit.results import CellRecord, count_row, error_row, make_table
+from audit.results import CellRecord, count_row, error_row, make_table, not_applicable_row
 from audit.seeding import derive_seed, seed_everything
-from audit.session import AuditSession, session_for
+from audit.session import AuditSession, members_refusal, session_for
 
 CELL_FORMAT = "kansa.cell/1"
 JOURNAL = "cells"
@@ -154,6 +154,13 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     session.progress.say(f"attacking {'/'.join(variant.labels)} with {task.attack} on {len(session.eval_idx)} samples"
                          + (f" ({repeats} repeats)" if repeats > 1 else ""))
     start = time.perf_counter()
+    refusal = members_refusal(session.model(task.model).cfg, session.splits) if attack.needs_members else None
+    if refusal is not None:
+        return _failed(session, task, record, where, refusal, start)
+    if attack.access is Access.GRADIENTS and not variant.target.differentiable:
+        record.status = "not_applicable"
+        record.message = f"{task.attack} needs the model's gradients, and {task.model} gives none (see its model rows)"
+        return CellResult(task.key, record, [not_applicable_row(record.message, **where)])
     runs = []
     try:
         for repeat in range(repeats):
@@ -162,10 +169,7 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
             context = AttackContext(seed, session.dataset.class_names, session.dataset, session.splits, session.trainer(task.model))
             runs.append(attack.run(variant.target, session.x_eval, session.y_eval, context))
     except Exception as exc:  # one failing attack must not lose the rest of the audit
-        message = describe_exception(exc, limit=500)
-        session.progress.say(f"attack {task.attack} on {'/'.join(variant.labels)} failed: {message}")
-        record.seconds, record.status, record.message = time.perf_counter() - start, "error", message
-        return CellResult(task.key, record, [error_row(message, **where)])
+        return _failed(session, task, record, where, describe_exception(exc, limit=500), start)
     seconds = time.perf_counter() - start
     output = runs[0]
     metric_rows = output.rows if repeats == 1 else mean_over_repeats([run.rows for run in runs])
@@ -175,6 +179,12 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     rows = [{**where, **row} for row in metric_rows] + [count_row("attack_seconds", seconds, category=Category.COST, attack=task.attack)]
     arrays = {**output.artifacts, **{f"sample/{k}": v for k, v in output.per_sample.items()}}
     return CellResult(task.key, record, rows, arrays)
+
+
+def _failed(session: AuditSession, task: Task, record: CellRecord, where: dict[str, Any], message: str, start: float) -> CellResult:
+    session.progress.say(f"attack {task.attack} on {'/'.join(session.variant(task.model, task.defense).labels)} failed: {message}")
+    record.seconds, record.status, record.message = time.perf_counter() - start, "error", message
+    return CellResult(task.key, record, [error_row(message, **where)])
 
 
 def mean_over_repeats(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -219,7 +229,7 @@ def finish_variant(session: AuditSession, task: Task) -> CellResult:
         sanity = [
             *table_checks(table, attacks),
             *probe_noise(target, x, y, table, attacks, seed),
-            probe_large_eps(target, x, y, session.dataset.n_classes),
+            *([probe_large_eps(target, x, y, session.dataset.n_classes)] if target.differentiable else []),
             *probe_convergence(target, x, y, table, attacks),
         ]
     return CellResult(task.key, record, finished + variant.probes + sanity)

@@ -16,7 +16,7 @@ from attacks import registry as attack_registry
 from attacks.base import ENSEMBLE
 from audit.checks import CHECKS_PARAMS, WAIVER_PARAMS, validate_waivers
 from audit.data import COMMON_PARAMS as DATA_COMMON
-from audit.data import SOURCE_PARAMS, validate_data_config
+from audit.data import ONE_SOURCE_PARAMS, SOURCE_PARAMS, validate_data_config
 from audit.errors import ConfigError
 from audit.gates import GATE_PARAMS, PRESETS, validate_gates_config
 from audit.metrics import CHARACTERISTICS
@@ -68,6 +68,7 @@ EXECUTION_PARAMS = (
     Param("address", Text(), None, "Ray cluster address (default: $RAY_ADDRESS, else a local Ray started for the run)"),
     Param("cpus", Number(1, 100_000, integer=True), None, "CPUs of the local Ray started for the run (default: all)"),
     Param("resume", Flag(), True, "skip cells an earlier, interrupted run of this config already journaled in the run folder"),
+    Param("device", Choice(("auto", "cpu", "cuda")), "auto", "where models train and attacks run: auto takes a CUDA GPU when torch sees one"),
     Param("threads", Number(1, 1024, integer=True), None,
           "torch threads per process (default: torch's choice; 1 avoids a many-fold slowdown on cores other jobs also use)"),
 )
@@ -262,6 +263,9 @@ def check_against_data(config: Config, dataset: "Dataset", splits: "Splits") -> 
     run would otherwise find out only when the piece fails.
     """
     where = config.location
+    for i, model in enumerate(config.models):
+        if model["kind"] == "builtin" and not len(splits.train):
+            raise where.child("models").child(i).error(f'model "{model["name"]}" is trained by Kansa, on data.train, which is not declared')
     for table, family in (("attacks", attack_registry()), ("defenses", defense_registry())):
         for i, entry in enumerate(getattr(config, table)):
             family[entry["name"]].check_data(entry["params"], dataset, splits, where.child(table).child(i))
@@ -281,7 +285,12 @@ def schema_markdown() -> str:
     out = ["### Top level", "", *table(TOP_PARAMS), "### `[component]`", "",
            "Declarations for the guideline-style report.", "", *table(COMPONENT_PARAMS),
            "### `[[attestations]]`", "", "What no tool can measure, attested by a named owner.", "", *table(ATTESTATION_PARAMS), "### `[data]`", "",
-           "`source` (required) is one of " + ", ".join(f"`{k}`" for k in SOURCE_PARAMS) + ". Keys for every source:", "", *table(DATA_COMMON)]
+           "Either one source (`source` is one of " + ", ".join(f"`{k}`" for k in SOURCE_PARAMS) + "), which Kansa splits into "
+           "train / hold-out / test unless a `split_column` or `split_file` declares the roles; or a source per role in "
+           "`[data.train]` (the data the model was trained on: the members), `[data.holdout]` (data it never saw: the non-members) "
+           "and `[data.test]` (required: what accuracy and integrity attacks measure), each a table with its own `source`. "
+           "Declared roles are never re-split. Keys of `[data]` in both forms:", "", *table(DATA_COMMON),
+           "Keys of `[data]` with one source:", "", *table(ONE_SOURCE_PARAMS)]
     for source, params in SOURCE_PARAMS.items():
         out += [f'#### `source = "{source}"`', "", *table(params)]
     out += ["### `[[models]]`", "", "`kind` is one of " + ", ".join(f"`{k}`" for k in KIND_PARAMS) + " (default `builtin`).", "",

@@ -1,7 +1,10 @@
-"""Data: load a declared source, scale it into its declared input range, split it, and check it.
+"""Data: load the declared sources, scale them into the declared input range, assign roles, and check them.
 
-The split is the basis of every privacy claim: train holds the members, hold-out is never
-trained on (membership inference needs true non-members), test is what attacks run on.
+The roles are the basis of every privacy claim: train holds the members, hold-out is never
+trained on (membership inference needs true non-members), test is what accuracy and integrity
+attacks measure. They are either declared (a source per role, a split column, or an index file:
+the data a team's own model was really trained on) or Kansa's own seeded split of one source,
+which only a model Kansa trains itself may be judged against. Declared roles are never re-split.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,12 @@ import numpy as np
 
 from audit.errors import DataError
 from audit.metrics import Category
-from audit.params import AnyOf, Choice, ListOf, Location, Number, Param, Text, validate_tagged
+from audit.params import AnyOf, Choice, ListOf, Location, Number, Param, ParamSet, Text, validate_tagged
 from audit.results import count_row, rate_row
 
 BUILTIN_SOURCES = ("digits", "breast_cancer", "wine", "iris")
 SPLIT_NAMES = ("train", "holdout", "test")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 _SHAPE = ListOf(Number(low=1, integer=True), min_len=1, max_len=3)
 COMMON_PARAMS = (
@@ -32,9 +36,15 @@ COMMON_PARAMS = (
         "auto",
         "how raw values map into input_range: minmax per feature, divide by a number, or none",
     ),
-    Param("split", ListOf(Number(0, 1, closed="neither"), length=3), [0.6, 0.2, 0.2], "train, hold-out, test fractions"),
-    Param("max_samples", Number(low=30, integer=True), None, "stratified subsample before splitting"),
+    Param("max_samples", Number(low=30, integer=True), None, "stratified subsample before splitting (of each declared role)"),
     Param("classes", ListOf(Text()), None, "display names of the classes, in label order"),
+)
+_SPLIT_PARAM = Param("split", ListOf(Number(0, 1, closed="neither"), length=3), [0.6, 0.2, 0.2],
+                     "train, hold-out, test fractions of Kansa's own split (one source without declared roles)")
+ONE_SOURCE_PARAMS = (
+    _SPLIT_PARAM,
+    Param("split_file", Text(), None,
+          "JSON file of row indices per role, {\"train\": [...], \"holdout\": [...], \"test\": [...]}: declared roles, never re-split"),
 )
 _FILE_PARAMS = (Param("path", Text(), doc="file path, relative to the config file"),)
 _TABLE_PARAMS = (
@@ -42,6 +52,7 @@ _TABLE_PARAMS = (
     Param("label_column", Text(), doc="column holding the class label"),
     Param("feature_columns", ListOf(Text()), None, "feature columns (default: every other column)"),
     Param("image_shape", _SHAPE, None, "reshape each row to this image shape, e.g. [1, 28, 28]"),
+    Param("split_column", Text(), None, "column naming each row's role (train, holdout or test): declared roles, never re-split"),
 )
 SOURCE_PARAMS: dict[str, tuple[Param, ...]] = {
     **{name: () for name in BUILTIN_SOURCES},
@@ -57,17 +68,54 @@ SOURCE_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("images", Text(), doc="IDX image file (MNIST format), gzipped or not"),
         Param("labels", Text(), doc="IDX label file"),
     ),
+    "image_folder": (
+        Param("path", Text(), doc="folder holding one sub-folder of PNG or JPEG images per class (named by the class, or its number), relative to the config file"),
+        Param("image_shape", ListOf(Number(low=1, integer=True), min_len=2, max_len=3),
+              doc="every image is resized to [C, H, W] (C = 1: grey, 3: RGB), or [H, W] for grey"),
+    ),
 }
 
 
 def validate_data_config(table: Any, where: Location) -> dict[str, Any]:
-    values = validate_tagged(table, where, "source", SOURCE_PARAMS, COMMON_PARAMS)
+    """One source (Kansa splits it, or a split column or index file declares the roles), or a source per role."""
+    if isinstance(table, dict) and any(role in table for role in SPLIT_NAMES):
+        values = _validate_roles(table, where)
+    else:
+        values = validate_tagged(table, where, "source", SOURCE_PARAMS, (*COMMON_PARAMS, *ONE_SOURCE_PARAMS))
+        _check_source(values, where)
+        if abs(sum(values["split"]) - 1.0) > 1e-6:
+            raise where.child("split").error(f"expected fractions that sum to 1, got {values['split']}")
+        if values.get("split_column") and values["split_file"]:
+            raise where.child("split_file").error("the roles are already declared by split_column; declare them once")
+        values["roles"] = None
     low, high = values["input_range"]
     if not low < high:
         raise where.child("input_range").error(f"expected [low, high] with low < high, got {values['input_range']}")
-    if abs(sum(values["split"]) - 1.0) > 1e-6:
-        raise where.child("split").error(f"expected fractions that sum to 1, got {values['split']}")
     return values
+
+
+def _validate_roles(table: dict[str, Any], where: Location) -> dict[str, Any]:
+    for key in ("source", *(p.name for p in ONE_SOURCE_PARAMS)):
+        if key in table:
+            raise where.child(key).error(
+                "the roles are declared by [data.train], [data.holdout] and [data.test], so Kansa does not re-split the data; remove it"
+                if key != "source" else "declare either one source here or a source per role ([data.train], [data.holdout], [data.test]), not both")
+    if "test" not in table:
+        raise where.child("test").error("missing; declared roles need a [data.test] source (what accuracy and integrity attacks measure)")
+    values = ParamSet(COMMON_PARAMS, extra_keys=SPLIT_NAMES).validate(table, where)
+    roles = {}
+    for role in SPLIT_NAMES:
+        if role in table:
+            roles[role] = validate_tagged(table[role], where.child(role), "source", SOURCE_PARAMS)
+            _check_source(roles[role], where.child(role))
+            if roles[role].get("split_column"):
+                raise where.child(role).child("split_column").error(f"every row of data.{role} has the role {role}; remove split_column")
+    return {**values, "split": None, "roles": roles}
+
+
+def _check_source(values: dict[str, Any], where: Location) -> None:
+    if values["source"] == "image_folder" and (len(values["image_shape"]) == 3 and values["image_shape"][0] not in (1, 3)):
+        raise where.child("image_shape").error(f"expected 1 (grey) or 3 (RGB) channels first, got {values['image_shape']}")
 
 
 @dataclass
@@ -109,9 +157,15 @@ class Dataset:
 
 @dataclass
 class Splits:
+    """Index sets into the dataset; `declared` when the user declared them (else Kansa's seeded split).
+
+    A role the user did not declare is empty.
+    """
+
     train: np.ndarray
     holdout: np.ndarray
     test: np.ndarray
+    declared: bool = False
 
     def items(self) -> list[tuple[str, np.ndarray]]:
         return [("train", self.train), ("holdout", self.holdout), ("test", self.test)]
@@ -133,11 +187,17 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, list[str] | None, float
     return bunch.data.astype(np.float64), bunch.target, [str(t) for t in bunch.target_names], "minmax"
 
 
-def _table(frame: Any, cfg: dict[str, Any], path: Path) -> tuple[np.ndarray, np.ndarray]:
-    label = cfg["label_column"]
-    if label not in frame.columns:
-        raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(map(str, frame.columns))})")
-    features = cfg["feature_columns"] or [c for c in frame.columns if c != label]
+_Read = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # inputs, labels, and each row's declared role when the file declares them
+
+
+def _table(frame: Any, cfg: dict[str, Any], path: Path) -> _Read:
+    label, split_column = cfg["label_column"], cfg.get("split_column")
+    for role, column in (("label", label), ("split", split_column)):
+        if column is not None and column not in frame.columns:
+            raise DataError(f"{path}: no {role} column {column!r} (columns: {', '.join(map(str, frame.columns))})")
+    features = cfg["feature_columns"] or [c for c in frame.columns if c not in (label, split_column)]
+    if split_column in features:
+        raise DataError(f"{path}: the split column {split_column!r} cannot also be a feature")
     missing = [c for c in features if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: feature columns not found: {', '.join(missing)}")
@@ -150,10 +210,16 @@ def _table(frame: Any, cfg: dict[str, Any], path: Path) -> tuple[np.ndarray, np.
             raise DataError(f"{path}: feature column {column!r} is not numeric (dtype {frame[column].dtype})")
     if frame[label].isna().any():
         raise DataError(f"{path}: label column {label!r} has {int(frame[label].isna().sum())} empty values")
-    return frame[features].to_numpy(dtype=np.float64), frame[label].to_numpy()
+    if split_column is not None:
+        roles = frame[split_column].astype("string").fillna("").to_numpy(dtype=object)
+        unknown = sorted(set(roles) - set(SPLIT_NAMES))
+        if unknown:
+            raise DataError(f"{path}: split column {split_column!r} holds {', '.join(map(repr, unknown[:5]))}; expected train, holdout or test")
+        return frame[features].to_numpy(dtype=np.float64), frame[label].to_numpy(), roles.astype(str)
+    return frame[features].to_numpy(dtype=np.float64), frame[label].to_numpy(), None
 
 
-def _read_csv(cfg: dict[str, Any], base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_csv(cfg: dict[str, Any], base_dir: Path) -> _Read:
     import pandas as pd
 
     path = _resolve(cfg["path"], base_dir)
@@ -164,7 +230,7 @@ def _read_csv(cfg: dict[str, Any], base_dir: Path) -> tuple[np.ndarray, np.ndarr
     return _table(frame, cfg, path)
 
 
-def _read_parquet(cfg: dict[str, Any], base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_parquet(cfg: dict[str, Any], base_dir: Path) -> _Read:
     import pandas as pd
 
     path = _resolve(cfg["path"], base_dir)
@@ -175,7 +241,7 @@ def _read_parquet(cfg: dict[str, Any], base_dir: Path) -> tuple[np.ndarray, np.n
     return _table(frame, cfg, path)
 
 
-def _read_npz(cfg: dict[str, Any], base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_npz(cfg: dict[str, Any], base_dir: Path) -> _Read:
     import zipfile
 
     path = _resolve(cfg["path"], base_dir)
@@ -189,7 +255,7 @@ def _read_npz(cfg: dict[str, Any], base_dir: Path) -> tuple[np.ndarray, np.ndarr
         raise DataError(f"{path}: not a readable NPZ archive of numeric arrays ({exc})") from None
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{path}: array {cfg['x_key']!r} is not numeric (dtype {x.dtype})")
-    return x.astype(np.float64), y
+    return x.astype(np.float64), y, None
 
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -217,15 +283,43 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
-def _read_idx(cfg: dict[str, Any], base_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_idx(cfg: dict[str, Any], base_dir: Path) -> _Read:
     images_path, labels_path = _resolve(cfg["images"], base_dir), _resolve(cfg["labels"], base_dir)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.shape[0] != labels.shape[0] or labels.ndim != 1:
         raise DataError(f"{images_path}: {images.shape[0]} images but {labels_path} holds labels of shape {labels.shape}")
-    return images.astype(np.float64), labels
+    return images.astype(np.float64), labels, None
 
 
-_READERS = {"csv": _read_csv, "parquet": _read_parquet, "npz": _read_npz, "idx": _read_idx}
+def _read_image_folder(cfg: dict[str, Any], base_dir: Path) -> _Read:
+    from PIL import Image
+
+    root = (base_dir / cfg["path"]).expanduser()
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root}: no class sub-folders (expected one folder of PNG or JPEG images per class)")
+    shape = cfg["image_shape"]
+    channels, height, width = (1, *shape) if len(shape) == 2 else shape
+    images, labels = [], []
+    for folder in folders:
+        for file in sorted(f for f in folder.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES):
+            try:
+                with Image.open(file) as image:
+                    pixels = np.asarray(image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise DataError(f"{file}: not a readable image ({exc})") from None
+            images.append(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))
+            labels.append(folder.name)
+    if not images:
+        raise DataError(f"{root}: no PNG or JPEG images in its class folders ({', '.join(f.name for f in folders[:5])})")
+    numbered = all(f.name.isdigit() for f in folders)  # folders 0..9 are the labels 0..9, as in a role read from a file
+    return np.stack(images).astype(np.float64), np.array([int(n) for n in labels] if numbered else labels), None
+
+
+_READERS = {"csv": _read_csv, "parquet": _read_parquet, "npz": _read_npz, "idx": _read_idx, "image_folder": _read_image_folder}
+_AUTO_SCALE = {"idx": 255.0, "image_folder": 255.0}
 
 
 def _as_model_input(x: np.ndarray, image_shape: list[int] | None, origin: str) -> tuple[np.ndarray, bool]:
@@ -273,36 +367,142 @@ def _labels(raw: np.ndarray, names: list[str] | None, declared: list[str] | None
     return y.astype(np.int64), names
 
 
-def load_dataset(cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
-    """Load, clean (drop non-finite rows, recorded) and scale the declared source."""
+@dataclass
+class _Source:
+    """One source as read: inputs in model shape (unscaled), raw labels, and each row's declared role ("" if none)."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    roles: np.ndarray | None
+    names: list[str] | None
+    auto_scale: float | str
+    origin: str
+    name: str
+    is_image: bool
+
+
+def _read_source(cfg: dict[str, Any], base_dir: Path, role: str | None = None) -> _Source:
     source = cfg["source"]
     names: list[str] | None = None
-    auto_scale: float | str = "none"
     if source in BUILTIN_SOURCES:
-        x, raw_y, names, auto_scale = _sklearn(source)
-        origin = f"scikit-learn {source}"
-        x, is_image = _as_model_input(x, None, origin)
+        x, labels, names, auto_scale = _sklearn(source)
+        origin, name, shape, roles = f"scikit-learn {source}", source, None, None
     else:
-        x, raw_y = _READERS[source](cfg, base_dir)
+        x, labels, roles = _READERS[source](cfg, base_dir)
         origin = cfg.get("path") or cfg.get("images")
-        if source == "idx":
-            auto_scale = 255.0
-        x, is_image = _as_model_input(x, cfg.get("image_shape"), origin)
+        name, shape, auto_scale = Path(origin).name, cfg.get("image_shape"), _AUTO_SCALE.get(source, "none")
+    if role is not None:
+        origin = f"data.{role} ({origin})"
+    if role is not None:
+        roles = np.full(len(labels), role)
+    x, is_image = _as_model_input(x, shape, origin)
     if x.shape[0] == 0:
         raise DataError(f"{origin}: no samples")
+    return _Source(x, labels, roles, names, auto_scale, origin, name, is_image)
+
+
+def _roles_from_file(cfg: dict[str, Any], base_dir: Path, rows: int) -> np.ndarray:
+    """Each row's role from a JSON file of row indices per role; rows it does not list take no part."""
+    import json
+
+    path = _resolve(cfg["split_file"], base_dir)
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(listed, dict) or set(listed) - set(SPLIT_NAMES) or "test" not in listed:
+        raise DataError(f"{path}: expected an object with lists of row indices under \"train\", \"holdout\" and \"test\" (test required)")
+    roles = np.full(rows, "", dtype=object)
+    for role, indices in listed.items():
+        if not isinstance(indices, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+            raise DataError(f"{path}: {role!r} must be a list of row numbers (0 = the first data row)")
+        outside = [i for i in indices if not 0 <= i < rows]
+        if outside:
+            raise DataError(f"{path}: {role!r} lists row {outside[0]}, but the data has rows 0-{rows - 1}")
+        taken = [i for i in indices if roles[i]]
+        if taken:
+            raise DataError(f"{path}: row {taken[0]} is listed under both {roles[taken[0]]!r} and {role!r}")
+        roles[indices] = role
+    return roles.astype(str)
+
+
+def _combine(sources: list[_Source], cfg: dict[str, Any]) -> tuple[Dataset, np.ndarray | None]:
+    """Clean (drop non-finite rows, recorded), label and scale the sources as one dataset, so every role shares one label map and one scale."""
+    first = sources[0]
+    for other in sources[1:]:
+        if other.x.shape[1:] != first.x.shape[1:]:
+            raise DataError(f"{other.origin}: inputs of shape {other.x.shape[1:]}, but {first.origin} has {first.x.shape[1:]}")
+        if (other.labels.dtype.kind in "iub") != (first.labels.dtype.kind in "iub"):
+            raise DataError(f"{other.origin}: labels are {other.labels.dtype.kind in 'iub' and 'numbers' or 'names'} but "
+                            f"{first.origin}'s are {first.labels.dtype.kind in 'iub' and 'numbers' or 'names'}")
+    scales = {str(s.auto_scale) for s in sources}
+    if cfg["scale"] == "auto" and len(scales) > 1:
+        raise DataError(f"data.scale = \"auto\" means different scales for {first.origin} and {sources[1].origin}; set data.scale")
+    x = np.concatenate([s.x for s in sources])
+    labels = np.concatenate([s.labels for s in sources])
+    roles = None if first.roles is None else np.concatenate([s.roles for s in sources])
+    origin = " + ".join(s.origin for s in sources)
+    if roles is not None:
+        used = roles != ""
+        x, labels, roles = x[used], labels[used], roles[used]
     finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
     dropped = int((~finite).sum())
     if dropped == x.shape[0]:
         raise DataError(f"{origin}: every sample holds a NaN or infinite value")
-    x, raw_y = x[finite], raw_y[finite]
-    y, class_names = _labels(raw_y, names, cfg["classes"], origin)
+    x, labels = x[finite], labels[finite]
+    y, class_names = _labels(labels, first.names, cfg["classes"], origin)
     input_range = (float(cfg["input_range"][0]), float(cfg["input_range"][1]))
-    x = _scale(x, auto_scale if cfg["scale"] == "auto" else cfg["scale"], input_range).astype(np.float32)
-    dataset = Dataset(source if source in BUILTIN_SOURCES else Path(origin).name, x, y, class_names, input_range, is_image, dropped)
-    if cfg["max_samples"] is not None and cfg["max_samples"] < len(y):
-        keep = _stratified_take(y, cfg["max_samples"], seed, origin)
+    x = _scale(x, first.auto_scale if cfg["scale"] == "auto" else cfg["scale"], input_range).astype(np.float32)
+    name = " + ".join(dict.fromkeys(s.name for s in sources))
+    return Dataset(name, x, y, class_names, input_range, first.is_image, dropped), None if roles is None else roles[finite]
+
+
+def load_dataset(cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
+    """Load, clean and scale one declared source, its roles ignored (a stratified subsample when `max_samples` asks)."""
+    source = _read_source(cfg, base_dir)
+    dataset, _ = _combine([replace(source, roles=None)], cfg)
+    if cfg["max_samples"] is not None and cfg["max_samples"] < len(dataset.y):
+        keep = _stratified_take(dataset.y, cfg["max_samples"], seed, source.origin)
         dataset.x, dataset.y = dataset.x[keep], dataset.y[keep]
     return dataset
+
+
+def load_data(cfg: dict[str, Any], base_dir: Path, sample_seed: int, split_seed: int) -> tuple[Dataset, Splits]:
+    """The dataset and its roles: the declared ones as they are, or else Kansa's seeded split of the one source."""
+    if cfg["roles"] is not None:
+        sources = [_read_source(role_cfg, base_dir, role) for role, role_cfg in cfg["roles"].items()]
+    else:
+        source = _read_source(cfg, base_dir)
+        if cfg["split_file"]:
+            source.roles = _roles_from_file(cfg, base_dir, len(source.labels))
+        if source.roles is None:
+            dataset = load_dataset(cfg, base_dir, sample_seed)
+            return dataset, split_dataset(dataset, cfg["split"], split_seed)
+        sources = [source]
+    dataset, roles = _combine(sources, cfg)
+    assert roles is not None
+    keep = np.arange(len(dataset.y))
+    if cfg["max_samples"] is not None:
+        keep = np.concatenate([
+            idx[_stratified_take(dataset.y[idx], cfg["max_samples"], sample_seed, f"data.{role}")] if len(idx) > cfg["max_samples"] else idx
+            for role in SPLIT_NAMES for idx in [np.flatnonzero(roles == role)]
+        ])
+        keep.sort()
+        dataset.x, dataset.y, roles = dataset.x[keep], dataset.y[keep], roles[keep]
+    return dataset, Splits(*(np.flatnonzero(roles == role) for role in SPLIT_NAMES), declared=True)
+
+
+def stratified_subset(index: np.ndarray, y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """`size` of `index` with every class in proportion (largest remainder), drawn with `seed`; sorted. Never fails on rare classes."""
+    if size >= len(index):
+        return index
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y[index], return_counts=True)
+    quota = counts * size / len(index)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota, kind="stable")[: size - int(take.sum())]] += 1
+    chosen = [rng.choice(index[y[index] == c], k, replace=False) for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
 
 
 def _stratified_take(y: np.ndarray, size: int, seed: int, origin: str) -> np.ndarray:
@@ -391,6 +591,7 @@ def quality_rows(dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
         split_keys[split_name] = set(inverse[idx].tolist())
     for a, b in (("train", "holdout"), ("train", "test"), ("holdout", "test")):
         shared = len(split_keys[a] & split_keys[b])
-        message = f"{shared} distinct inputs appear in both {a} and {b}" if shared else ""
+        message = (f"{shared} distinct inputs appear in both {a} and {b}"
+                   + (f": leakage between the declared {a} and {b} data" if splits.declared else "")) if shared else ""
         rows.append(count_row("duplicates_across_splits", shared, subset=f"split={a}~{b}", message=message, **where))
     return rows

@@ -191,7 +191,11 @@ _builtin(
 )
 _builtin(
     Category.MODEL,
-    ("unsafe_pickle_loaded", _FLAG, _LOWER, "S", "all", "1 when a model was unpickled with `allow_unsafe_pickle = true` (a warning)"),
+    ("unsafe_pickle_loaded", _FLAG, _LOWER, "S", "all", "1 when a model was loaded with `allow_unsafe_pickle = true` (a warning)"),
+    ("conversion_max_abs_diff", _Kind("difference", ".2g", False), _LOWER, "C-2", "all",
+     "largest difference between a converted model's outputs (ONNX to torch, for gradients) and the original runtime's, on the audited samples"),
+    ("gradient_free", _FLAG, _NEUTRAL, "C-2", "all",
+     "1 when the model gives no gradients (it runs in an external runtime): attacks that need them are not applicable"),
 )
 _builtin(
     Category.INTEGRITY,

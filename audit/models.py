@@ -1,7 +1,8 @@
 """Models: train with the built-in pipeline or load the user's, then wrap once as an attack target.
 
-Loading never unpickles arbitrary objects: state_dicts go through `torch.load(weights_only=True)`
-and whole pickled models are refused with the safe alternatives named.
+Loading never unpickles arbitrary objects: state_dicts go through `torch.load(weights_only=True)`,
+safetensors files hold only tensors, and whole pickled models and torch.export programs (whose
+loader unpickles and evaluates parts of the file) are refused unless the user vouches for the file.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from audit.errors import ModelError, describe_exception
-from audit.params import AnyTable, Choice, Flag, ListOf, Location, Number, Param, Text, validate_tagged
-from audit.results import UNDEFENDED
+from audit.params import AnyOf, AnyTable, Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, validate_tagged
+from audit.metrics import Category
+from audit.results import UNDEFENDED, count_row
 from audit.training import shuffled_batches, train_epochs
 
 if TYPE_CHECKING:
@@ -33,6 +36,14 @@ _OUTPUT = Param(
     "auto",
     "what the model returns; auto detects it from the outputs and records what it found",
 )
+# A file of tensors only: the user's own code (the factory) builds the architecture they fill.
+_FACTORY_PARAMS = (
+    Param("factory", Text(), doc='"package.module:function" that builds the architecture'),
+    Param("factory_args", AnyTable(), None, "keyword arguments for the factory"),
+    Param("strict", Flag(), True, "require the state_dict keys to match the architecture exactly"),
+    _OUTPUT,
+)
+_ALLOW_UNSAFE = Param("allow_unsafe_pickle", Flag(), False, "must be true: you trust the file's author (the report says so)")
 TRAINING_PARAMS = (
     Param("epochs", Number(1, 10_000, integer=True), 20, "passes over the training split"),
     Param("batch_size", Number(1, 1_000_000, integer=True), 64, "training batch size"),
@@ -53,29 +64,69 @@ KIND_PARAMS: dict[str, tuple[Param, ...]] = {
     ),
     "state_dict": (
         Param("path", Text(), doc="state_dict file (torch.save(model.state_dict())), relative to the config file"),
-        Param("factory", Text(), doc='"package.module:function" that builds the architecture'),
-        Param("factory_args", AnyTable(), None, "keyword arguments for the factory"),
-        Param("strict", Flag(), True, "require the state_dict keys to match the architecture exactly"),
+        *_FACTORY_PARAMS,
+    ),
+    "safetensors": (
+        Param("path", Text(), doc="safetensors file (safetensors.torch.save_file(model.state_dict(), PATH)), relative to the config file"),
+        *_FACTORY_PARAMS,
+    ),
+    "exported": (
+        Param("path", Text(), doc="torch.export program (torch.export.save), exported in eval mode with a dynamic batch dimension; "
+                                  "loading it can run code from the file"),
+        _ALLOW_UNSAFE,
+        _OUTPUT,
+    ),
+    "onnx": (
+        Param("path", Text(), doc="ONNX file with a dynamic batch axis (pip install 'kansa[onnx]'); converted to torch for gradients "
+                                  "when every op converts and the outputs agree with onnxruntime, else gradient-free attacks only"),
         _OUTPUT,
     ),
     "pickle": (
         Param("path", Text(), doc="a whole model saved with torch.save(model); loading it runs code from the file"),
-        Param("allow_unsafe_pickle", Flag(), False, "must be true: you trust the file's author (the report says so)"),
+        _ALLOW_UNSAFE,
         _OUTPUT,
     ),
 }
-COMMON_PARAMS = (Param("name", Text(), None, "label in results and reports (default: the kind or architecture)"),)
+_POSITIVE = Number(0, closed="neither")
+_NORMALIZE = ParamSet((
+    Param("mean", AnyOf((Number(), ListOf(Number()))), doc="subtracted from the inputs: one value per channel (or feature), or one for all"),
+    Param("std", AnyOf((_POSITIVE, ListOf(_POSITIVE))), doc="then divided by: one value per channel (or feature), or one for all"),
+))
+COMMON_PARAMS = (
+    Param("name", Text(), None, "label in results and reports (default: the kind or architecture)"),
+    Param("normalize", AnyTable(), None, "{ mean = [...], std = [...] }: the model expects (x - mean) / std, per channel or feature; "
+                                         "attacks and eps stay in the data's input range (not for builtin)"),
+    Param("reference_recipe", AnyTable(), None, "keys of a builtin model (architecture, epochs, ...): how shadow, reference and surrogate "
+                                                "models of a loaded model are trained, an approximation of its own recipe (default: the built-in one)"),
+)
+# Why a kind needs allow_unsafe_pickle. torch.export.load (torch 2.13) falls back to torch.load(weights_only=False) when
+# the archive's sample inputs are not plain tensors, unpickles payloads the archive marks as pickled, and sympify()s
+# (evaluates) the shape expressions it stores.
+_UNSAFE_KINDS = {
+    "pickle": "a pickled model runs arbitrary code when loaded",
+    "exported": "torch.export.load can run arbitrary code from the file (it unpickles parts of it and evaluates its shape expressions)",
+}
 
 
 def validate_model_config(table: Any, where: Location) -> dict[str, Any]:
     values = validate_tagged(table, where, "kind", KIND_PARAMS, COMMON_PARAMS, default_tag="builtin")
-    if values["kind"] == "pickle" and not values["allow_unsafe_pickle"]:
+    if values["kind"] in _UNSAFE_KINDS and not values["allow_unsafe_pickle"]:
         raise where.child("allow_unsafe_pickle").error(
-            "a pickled model runs arbitrary code when loaded; set allow_unsafe_pickle = true only for a file you trust, "
-            'or use kind = "state_dict" or "torchscript"'
+            f"{_UNSAFE_KINDS[values['kind']]}; set allow_unsafe_pickle = true only for a file you trust, "
+            'or use kind = "safetensors", "state_dict" or "torchscript"'
         )
-    if values["kind"] == "state_dict" and ":" not in values["factory"]:
+    if "factory" in values and ":" not in values["factory"]:
         raise where.child("factory").error(f'expected "package.module:function", got "{values["factory"]}"')
+    if values["normalize"] is not None:
+        if values["kind"] == "builtin":
+            raise where.child("normalize").error(
+                "a built-in model is trained by Kansa on the data's input range and needs no normalisation; remove normalize"
+            )
+        values["normalize"] = _NORMALIZE.validate(values["normalize"], where.child("normalize"))
+    if values["kind"] == "builtin" and values["reference_recipe"] is not None:
+        raise where.child("reference_recipe").error("a built-in model's shadow and reference models use its own recipe; remove reference_recipe")
+    if values["kind"] != "builtin":
+        values["reference_recipe"] = ParamSet(KIND_PARAMS["builtin"]).validate(values["reference_recipe"] or {}, where.child("reference_recipe"))
     if values["name"] is None:
         values["name"] = values.get("architecture", values["kind"])
     return values
@@ -125,8 +176,9 @@ def train(
     label_smoothing: float = 0.0,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
     patience: int | None = None,
+    device: str = "cpu",
 ) -> float:
-    """Seeded mini-batch training with cross-entropy; returns wall seconds.
+    """Seeded mini-batch training with cross-entropy on `device`; returns wall seconds.
 
     With `validation` and `patience`, training stops once validation loss has not improved for
     `patience` epochs and the best epoch's weights are restored (early stopping).
@@ -136,7 +188,8 @@ def train(
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    module.to(device)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     if cfg["optimizer"] == "adam":
         optimizer = torch.optim.Adam(module.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
     else:
@@ -151,7 +204,8 @@ def train(
             return False
         module.eval()
         with torch.no_grad():
-            val_loss = float(torch.nn.functional.cross_entropy(module(torch.from_numpy(validation[0])), torch.from_numpy(validation[1])))
+            val_x, val_y = (torch.from_numpy(a).to(device) for a in validation)
+            val_loss = float(torch.nn.functional.cross_entropy(module(val_x), val_y))
         if val_loss < best["loss"]:
             best.update(loss=val_loss, stale=0, state={k: v.detach().clone() for k, v in module.state_dict().items()})
             return False
@@ -198,9 +252,61 @@ SAFE_FORMATS = (
 )
 
 
-def load_user_model(cfg: dict[str, Any], base_dir: Path) -> "torch.nn.Module":
-    import pickle
+@dataclass
+class LoadedModel:
+    """A user's model file as Kansa audits it, and the facts about its loading the report shows (model rows)."""
 
+    module: "torch.nn.Module"
+    rows: list[dict[str, Any]]
+
+
+def load_model(cfg: dict[str, Any], base_dir: Path, audited: np.ndarray) -> LoadedModel:
+    """Any supported file; `audited` (the samples the audit attacks) checks an ONNX conversion against onnxruntime."""
+    rows = []
+    if cfg.get("allow_unsafe_pickle"):
+        rows.append(count_row("unsafe_pickle_loaded", 1, category=Category.MODEL, message=(
+            f"{cfg['path']} was {'unpickled' if cfg['kind'] == 'pickle' else 'loaded'} with allow_unsafe_pickle = true: "
+            "loading it could run any code it holds")))
+    if cfg["kind"] != "onnx":
+        return LoadedModel(load_user_model(cfg, base_dir), rows)
+    from audit.onnx_import import load_onnx
+
+    path = _model_file(cfg["path"], base_dir)
+    onnx = load_onnx(path, tuple(audited.shape[1:]), audited)
+    if onnx.module is not None:
+        rows.append(count_row("conversion_max_abs_diff", onnx.max_abs_diff, category=Category.MODEL, message=(
+            f"converted to torch for gradients: its outputs differ from onnxruntime's by at most {onnx.max_abs_diff:.2g} "
+            f"on the {len(audited)} audited samples (tolerance {onnx.tolerance:.2g})")))
+        return LoadedModel(onnx.module, rows)
+    rows.append(count_row("gradient_free", 1, category=Category.MODEL, message=(
+        f"{onnx.reason}: the model runs through onnxruntime, so attacks that need gradients do not apply to it")))
+    return LoadedModel(_scores_module(onnx.scores, hashlib.sha256(path.read_bytes()).digest()), rows)
+
+
+def _scores_module(scores: Callable[[np.ndarray], np.ndarray], identity: bytes) -> "torch.nn.Module":
+    """A model only an external runtime can evaluate, as a module: outputs, and no gradients.
+
+    `identity` (the file's digest) is its one buffer, so its `module_digest`, and with it every cache
+    and journal key, differs between files.
+    """
+    import torch
+
+    class Scores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("identity", torch.frombuffer(bytearray(identity), dtype=torch.uint8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(scores(x.detach().cpu().numpy().astype(np.float32)))).to(x.device)
+
+        def __deepcopy__(self, memo: dict[int, Any]) -> "Scores":
+            return self  # it holds no state Kansa could change, and runtime sessions do not copy
+
+    return Scores().eval()
+
+
+def load_user_model(cfg: dict[str, Any], base_dir: Path) -> "torch.nn.Module":
+    """A torch model file (every kind but onnx), loaded without unpickling unless the user vouches for the file."""
     import torch
 
     path = _model_file(cfg["path"], base_dir)
@@ -221,6 +327,17 @@ def load_user_model(cfg: dict[str, Any], base_dir: Path) -> "torch.nn.Module":
             hint = " It looks like a torch.save pickle, not TorchScript." if _is_zip_pickle(path) else ""
             raise ModelError(f"{path}: not a TorchScript file ({describe_exception(exc)}).{hint}") from None
         return module.eval()
+    if cfg["kind"] == "exported":
+        return _load_exported(path)
+    state = _safetensors_state(path) if cfg["kind"] == "safetensors" else _torch_state(path)
+    return _factory_module(state, cfg, path, base_dir)
+
+
+def _torch_state(path: Path) -> dict[str, "torch.Tensor"]:
+    import pickle
+
+    import torch
+
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -234,6 +351,24 @@ def load_user_model(cfg: dict[str, Any], base_dir: Path) -> "torch.nn.Module":
         raise ModelError(f"{path}: not a torch state_dict file ({describe_exception(exc)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: expected a state_dict (a mapping of names to tensors), got {type(state).__name__}")
+    return state
+
+
+def _safetensors_state(path: Path) -> dict[str, "torch.Tensor"]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        hint = ' It looks like a torch.save file: set kind = "state_dict".' if _looks_like_torch_save(path) else ""
+        raise ModelError(f"{path}: not a safetensors file ({describe_exception(exc)}).{hint}") from None
+
+
+def _factory_module(state: dict[str, "torch.Tensor"], cfg: dict[str, Any], path: Path, base_dir: Path) -> "torch.nn.Module":
+    """The file holds only tensors; the architecture comes from the user's own code, the factory."""
+    import torch
+
     factory = _import_factory(cfg["factory"], base_dir)
     try:
         module = factory(**(cfg["factory_args"] or {}))
@@ -247,6 +382,63 @@ def load_user_model(cfg: dict[str, Any], base_dir: Path) -> "torch.nn.Module":
         first = " ".join(str(exc).split())[:300]
         raise ModelError(f"{path}: does not fit the architecture built by {cfg['factory']}: {first}") from None
     return module.eval()
+
+
+def _load_exported(path: Path) -> "torch.nn.Module":
+    """A torch.export program as a module Kansa can call with any batch, put in eval mode and deep-copy.
+
+    Its module is fixed in the mode it was exported in and refuses .train() / .eval() (torch 2.13),
+    which Kansa and every wrapper around it call; so a program exported in training mode is refused
+    and the module is shielded from mode switches.
+    """
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # deserialising raises zip, JSON, schema and version errors of any type
+        hint = " It looks like a torch.save file, not torch.export.save." if _is_zip_pickle(path) else ""
+        raise ModelError(f"{path}: not a torch.export file ({describe_exception(exc)}).{hint}") from None
+    inputs = [node for node in program.graph.nodes if node.op == "placeholder" and node.name in program.graph_signature.user_inputs]
+    if len(inputs) != 1:
+        raise ModelError(f"{path}: the exported program takes {len(inputs)} inputs; Kansa calls a model with one batch tensor")
+    shape = getattr(inputs[0].meta.get("val"), "shape", ())
+    if len(shape) and isinstance(shape[0], int):
+        raise ModelError(
+            f"{path}: exported with a fixed batch size of {shape[0]}, but Kansa calls the model with batches of any size; "
+            'export it with a dynamic batch dimension: torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)) '
+            "with an example batch of 2 or more"
+        )
+    training = sorted({str(node.target) for node in program.graph.nodes if _in_training_mode(node)})
+    if training:
+        raise ModelError(
+            f"{path}: exported in training mode ({', '.join(training)} with train = True), so dropout or batch norm "
+            "would act as in training at every call; call model.eval() before torch.export.export"
+        )
+
+    class Exported(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+        def train(self, mode: bool = True) -> "Exported":
+            self.training = mode  # the inner module keeps the eval mode it was exported in
+            return self
+
+    return Exported(program.module()).eval()
+
+
+def _in_training_mode(node: Any) -> bool:
+    """An operator call whose `train` / `training` argument is True (dropout, batch norm exported in training mode)."""
+    schema = getattr(node.target, "_schema", None)
+    if node.op != "call_function" or schema is None:
+        return False
+    for i, argument in enumerate(schema.arguments):
+        if argument.name in ("train", "training"):
+            return (node.args[i] if i < len(node.args) else node.kwargs.get(argument.name)) is True
+    return False
 
 
 def _looks_like_torch_save(path: Path) -> bool:
@@ -267,13 +459,41 @@ def _is_zip_pickle(path: Path) -> bool:
         )
 
 
+def normalized(module: "torch.nn.Module", normalize: dict[str, Any], input_shape: tuple[int, ...], name: str) -> "torch.nn.Module":
+    """The model behind `(x - mean) / std`, as ART's `preprocessing` does: attacks, eps and clipping stay in the data's input range.
+
+    One value per channel for images (C, H, W), per feature for tabular data, or one for all.
+    """
+    import torch
+
+    width, unit = input_shape[0], "channel" if len(input_shape) > 1 else "feature"
+    stats = {}
+    for key in ("mean", "std"):
+        values = normalize[key] if isinstance(normalize[key], list) else [normalize[key]]
+        if len(values) not in (1, width):
+            raise ModelError(f"model {name!r}: normalize.{key} has {len(values)} values but the inputs have {width} {unit}{'s' * (width != 1)}")
+        stats[key] = torch.tensor(values, dtype=torch.float32).reshape(-1, *[1] * (len(input_shape) - 1))
+
+    class Normalized(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+            super().__init__()
+            self.inner = inner
+            self.register_buffer("mean", mean)  # buffers: part of the digest, so of every cache key
+            self.register_buffer("std", std)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner((x - self.mean) / self.std)
+
+    return Normalized(module, stats["mean"], stats["std"]).eval()
+
+
 def detect_output(module: "torch.nn.Module", sample: np.ndarray, n_classes: int, declared: str, name: str) -> str:
     """Check the output shape against the data and decide logits vs probabilities, never silently."""
     import torch
 
     with torch.no_grad():
         try:
-            out = module(torch.from_numpy(sample))
+            out = module(torch.from_numpy(sample).to(device_of(module))).cpu()
         except Exception as exc:
             raise ModelError(f"model {name!r} fails on inputs of shape {tuple(sample.shape[1:])}: {describe_exception(exc)}") from None
     if not isinstance(out, torch.Tensor) or out.shape != (len(sample), n_classes):
@@ -303,10 +523,39 @@ def logits_view(module: "torch.nn.Module", log_of_probabilities: bool) -> "torch
             self.log_of_probabilities = log_of_probabilities
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.inner(x.to(torch.float32))
-            return torch.log(out.clamp_min(1e-12)) if self.log_of_probabilities else out
+            out = self.inner(x.to(device_of(self.inner, x.device), torch.float32))
+            out = torch.log(out.clamp_min(1e-12)) if self.log_of_probabilities else out
+            return out.to(x.device)  # callers hand host tensors and get host tensors, wherever the model runs
 
     return Logits(module, log_of_probabilities).eval()
+
+
+def resolve_device(choice: str, where: Location) -> str:
+    """"cpu" or "cuda" for `[execution] device`: auto takes CUDA when torch sees a device; cuda without one is refused."""
+    import torch
+
+    available = torch.cuda.is_available()
+    if choice == "cuda" and not available:
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise where.error(f'"cuda", but torch {torch.__version__} ({build}) sees no CUDA device; set device = "auto" or "cpu"')
+    return "cuda" if choice == "cuda" or (choice == "auto" and available) else "cpu"
+
+
+def device_of(module: "torch.nn.Module", default: "torch.device | None" = None) -> "torch.device":
+    """Where the module's weights live (its first parameter or buffer); `default` for a module without any."""
+    import torch
+
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return default or torch.device("cpu")
+
+
+def placed(module: "torch.nn.Module", device: str) -> "torch.nn.Module":
+    """The module on `device`; a quantized one stays on the CPU, where its kernels are."""
+    quantized = any(t.is_quantized for v in module.state_dict().values() for t in _tensors(v))
+    return module if quantized else module.to(device)
 
 
 @dataclass
@@ -333,6 +582,20 @@ class Target:
     def attack_module(self) -> "torch.nn.Module":
         return self.module if self.gradient_module is None else self.gradient_module
 
+    @cached_property
+    def differentiable(self) -> bool:
+        """Whether white-box attacks can differentiate it (False for a model only an external runtime evaluates)."""
+        import torch
+
+        x = torch.zeros((1, *self.input_shape), requires_grad=True)
+        with torch.enable_grad():
+            return bool(self.attack_module(x).requires_grad)
+
+    @property
+    def art_device(self) -> str:
+        """ART's `device_type` for this target, so that ART keeps the model where it is."""
+        return "gpu" if device_of(self.attack_module).type == "cuda" else "cpu"
+
     @property
     def art_classifier(self) -> Any:
         if self._classifier is None:
@@ -345,7 +608,7 @@ class Target:
                 input_shape=self.input_shape,
                 nb_classes=self.n_classes,
                 clip_values=self.clip_values,
-                device_type="cpu",
+                device_type=self.art_device,
             )
         return self._classifier
 
@@ -406,18 +669,21 @@ def model_size(module: "torch.nn.Module") -> tuple[int, int, int]:
 
 
 def make_target(module: "torch.nn.Module", dataset: "Dataset", output_kind: str, name: str, defense: str = UNDEFENDED,
-                gradient: "tuple[torch.nn.Module, str] | None" = None) -> Target:
-    """`gradient` is (module, its output kind) for white-box attacks to differentiate, when not `module` itself."""
+                gradient: "tuple[torch.nn.Module, str] | None" = None, device: str = "cpu") -> Target:
+    """`gradient` is (module, its output kind) for white-box attacks to differentiate, when not `module` itself.
+
+    The modules run on `device`; attacks hand host tensors and get host tensors back (`logits_view`).
+    """
     return Target(
         name=name,
         defense=defense,
-        module=logits_view(module.eval(), output_kind == "probabilities"),
+        module=logits_view(placed(module, device).eval(), output_kind == "probabilities"),
         input_shape=dataset.input_shape,
         n_classes=dataset.n_classes,
         clip_values=dataset.input_range,
         output_kind=output_kind,
         digest=module_digest(module),
-        gradient_module=None if gradient is None else logits_view(gradient[0].eval(), gradient[1] == "probabilities"),
+        gradient_module=None if gradient is None else logits_view(placed(gradient[0], device).eval(), gradient[1] == "probabilities"),
     )
 
 

@@ -67,6 +67,11 @@ def error_row(message: str, **where: Any) -> dict[str, Any]:
     return {"metric": "error", "status": "error", "message": message, **where}
 
 
+def not_applicable_row(message: str, **where: Any) -> dict[str, Any]:
+    """A cell that cannot apply to this model (e.g. a gradient attack on a model without gradients): visible, and no error."""
+    return {"metric": "not_applicable", "status": "not_applicable", "message": message, **where}
+
+
 def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Normalise row dicts into the fixed schema (missing cells get neutral defaults)."""
     defaults: dict[str, Any] = {
@@ -122,10 +127,17 @@ class DataSummary:
 
 @dataclass
 class ModelRecord:
+    """`members`: where the samples judged as its training data come from ("declared" in data.train, Kansa's own
+    split of a model it trained: "kansa_split", or "unknown": then no membership figure is measured); `reference`:
+    the recipe its shadow, reference and surrogate models are trained with."""
+
     name: str
     kind: str
     output: str
     sha256: str
+    members: str = "kansa_split"
+    reference: str = ""
+
 
 
 @dataclass
@@ -176,6 +188,7 @@ class Training:
 class Execution:
     executor: str = "local"
     resumed_cells: int = 0
+    device: str = "cpu"
 
 
 @dataclass

@@ -48,7 +48,7 @@ from audit.results import (
     make_table,
 )
 from audit.seeding import derive_seed
-from audit.session import AuditSession, Progress, adopt_session
+from audit.session import AuditSession, Progress, adopt_session, members_origin
 from defenses import registry as defense_registry
 
 
@@ -142,7 +142,7 @@ class Plan:
         pairs = [(name, UNDEFENDED) for name in names] + [(name, d["id"]) for name in names for d in config.defenses if name in d["models"]]
         pairs.sort(key=lambda pair: names.index(pair[0]))
         common = {"data": session.dataset.digest(), "evaluation": config.evaluation, "eval": array_digest(session.eval_idx),
-                  "checks": config.checks, "seed": config.seed}
+                  "checks": config.checks, "seed": config.seed, "device": session.device}
         return Plan(config, names, pairs, common)
 
 
@@ -233,7 +233,8 @@ def assemble(plan: Plan, session: AuditSession, executed: Executed) -> Assembled
     out = Assembled(quality_rows(session.dataset, session.splits), {}, [], [], [])
     for name in plan.models:
         model = session.model(name)
-        out.models.append(ModelRecord(name, model.cfg["kind"], model.output_kind, module_digest(model.module)))
+        out.models.append(ModelRecord(name, model.cfg["kind"], model.output_kind, module_digest(model.module),
+                                      members_origin(model.cfg, session.splits), model.reference))
         out.rows += [{**row, "model": name} for row in model.rows]
     for model, defense in plan.pairs:
         variant = executed.variants[(model, defense)]
@@ -275,7 +276,7 @@ def _metadata(config: Config, session: AuditSession, executed: Executed, assembl
         variants=assembled.variants,
         cells=assembled.cells,
         training=executed.training,
-        execution=Execution(executed.executor, sum(cell.resumed for cell in executed.cells.values())),
+        execution=Execution(executed.executor, sum(cell.resumed for cell in executed.cells.values()), session.device),
         versions=versions(),
         machine={"platform": platform.platform(), "processor": platform.machine(), "python": sys.executable},
         git={"commit": git[0], "branch": git[1]},

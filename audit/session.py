@@ -19,22 +19,25 @@ import numpy as np
 from audit.cache import WeightCache, array_digest
 from audit.checks import RANDOMIZED, flag, probe_gradients, probe_randomness
 from audit.config import Config
-from audit.data import Dataset, Splits, load_dataset, split_dataset
+from audit.data import Dataset, Splits, load_data, stratified_subset
 from audit.errors import describe_exception
 from audit.metrics import Category
 from audit.models import (
+    KIND_PARAMS,
     Target,
     build_builtin,
     detect_output,
     expectation,
-    load_user_model,
+    load_model,
     make_target,
     model_size,
     module_digest,
+    normalized,
+    placed,
+    resolve_device,
     train,
-    validate_model_config,
 )
-from audit.params import Location
+from audit.params import Location, ParamSet
 from audit.results import UNDEFENDED, count_row, error_row, rate_row
 from audit.seeding import derive_seed, seed_everything
 from defenses import registry
@@ -45,9 +48,34 @@ if TYPE_CHECKING:
 
 
 def load_audit_data(config: Config) -> tuple[Dataset, Splits]:
-    """The config's data and its seeded train / hold-out / test split, exactly as every run of it sees them."""
-    dataset = load_dataset(config.data, config.base_dir, derive_seed(config.seed, "sample"))
-    return dataset, split_dataset(dataset, config.data["split"], derive_seed(config.seed, "split"))
+    """The config's data and its train / hold-out / test roles (declared, or Kansa's seeded split), exactly as every run of it sees them."""
+    return load_data(config.data, config.base_dir, derive_seed(config.seed, "sample"), derive_seed(config.seed, "split"))
+
+
+def members_origin(cfg: dict[str, Any], splits: Splits) -> str:
+    """Where a model's members come from (see `audit.results.ModelRecord`).
+
+    Kansa's own split holds the members only of a model Kansa trained on it; a loaded model's
+    members are known only when the user declares them.
+    """
+    if splits.declared:
+        return "declared" if len(splits.train) else "unknown"
+    return "kansa_split" if cfg["kind"] == "builtin" else "unknown"
+
+
+def members_refusal(cfg: dict[str, Any], splits: Splits) -> str | None:
+    """Why an attack that needs members cannot run on this model, or None when they are known."""
+    if members_origin(cfg, splits) == "unknown":
+        if splits.declared:
+            return ("no data.train is declared: declare the model's training data as data.train (the members) "
+                    "to measure membership leakage")
+        return (f"model {cfg['name']!r} was trained outside Kansa, so Kansa's own split cannot say which samples it was trained on: "
+                "declare the model's training data as data.train (the members) and data it never saw as data.holdout "
+                "(the non-members) to measure membership leakage")
+    if not len(splits.holdout):
+        return ("no data.holdout is declared: declare data the model never saw as data.holdout (the non-members) "
+                "to measure membership leakage")
+    return None
 
 
 class Progress:
@@ -96,16 +124,27 @@ class PreparedModel:
     recipe: dict[str, Any]
     base_parts: dict[str, Any]
     build: "Callable[[], torch.nn.Module]"
+    architecture: str
 
     @property
     def name(self) -> str:
         return self.cfg["name"]
 
+    @property
+    def reference(self) -> str:
+        """How its shadow, reference and surrogate models are trained; for a loaded model, an approximation of its unknown recipe."""
+        recipe = f"{self.architecture} architecture, {self.recipe['epochs']} epochs, {self.recipe['optimizer']}"
+        if self.cfg["kind"] == "builtin":
+            return f"the model's own recipe ({recipe})"
+        declared = self.cfg["reference_recipe"] != ParamSet(KIND_PARAMS["builtin"]).validate({}, Location(""))
+        source = "the declared reference_recipe" if declared else "Kansa's built-in recipe for the data"
+        return f"an approximation of the model's unknown recipe: {source} ({recipe})"
+
 
 def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The training recipe of a built-in model; for a loaded one, the built-in defaults for the data (without the name)."""
-    recipe = cfg if cfg["kind"] == "builtin" else validate_model_config({"kind": "builtin"}, Location("(built-in recipe)"))
-    return {k: v for k, v in recipe.items() if k != "name"}
+    """The training recipe of a built-in model; for a loaded one, its declared reference_recipe (by default the built-in one)."""
+    return {k: cfg[k] for k in ("kind", *(p.name for p in KIND_PARAMS["builtin"]))} if cfg["kind"] == "builtin" else {
+        "kind": "builtin", **cfg["reference_recipe"]}
 
 
 def _builder(recipe: dict[str, Any], dataset: Dataset) -> "Callable[[], torch.nn.Module]":
@@ -116,14 +155,14 @@ def _builder(recipe: dict[str, Any], dataset: Dataset) -> "Callable[[], torch.nn
 
 
 def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config: Config, progress: Progress,
-                   cache: WeightCache) -> PreparedModel:
+                   cache: WeightCache, device: str, audited: np.ndarray) -> PreparedModel:
     import torch
 
     name = cfg["name"]
     rows: list[dict[str, Any]] = []
     recipe = _recipe(cfg)
     architecture = _builder(recipe, dataset)
-    data_parts = {"data": dataset.digest(), "train": array_digest(splits.train)}
+    data_parts = {"data": dataset.digest(), "train": array_digest(splits.train), "device": device}  # a GPU trains to other weights
     seconds, cached = None, False
     if cfg["kind"] == "builtin":
         init_seed, train_seed = derive_seed(config.seed, "init", name), derive_seed(config.seed, "train", name)
@@ -134,7 +173,8 @@ def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config
 
         def fit(module: torch.nn.Module) -> dict[str, Any]:
             progress.say(f"training {name} on {len(splits.train)} samples ({cfg['epochs']} epochs)")
-            return {"seconds": train(module, dataset.x[splits.train], dataset.y[splits.train], cfg, train_seed, progress.bars, name)}
+            return {"seconds": train(module, dataset.x[splits.train], dataset.y[splits.train], cfg, train_seed, progress.bars, name,
+                                     device=device)}
 
         base_parts = {"model": recipe, **data_parts, "init_seed": init_seed, "train_seed": train_seed}
         module, info = cache.fit(name, {"kind": "model", **base_parts}, build, fit)
@@ -143,20 +183,21 @@ def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config
             progress.say(f"{name}: trained weights from the cache")
         output_kind = "logits"
     else:
-        module = load_user_model(cfg, config.base_dir)
+        model_file = load_model(cfg, config.base_dir, audited)
+        module, rows = model_file.module, model_file.rows
+        if cfg["normalize"] is not None:
+            module = normalized(module, cfg["normalize"], dataset.input_shape, name)
         output_kind = cfg["output"]
-        if cfg["kind"] == "pickle":
-            rows.append(count_row("unsafe_pickle_loaded", 1, category=Category.MODEL, message=(
-                f"{cfg['path']} was unpickled with allow_unsafe_pickle = true: loading it could run any code it holds"
-            )))
         base_parts = {"model": recipe, **data_parts, "loaded": module_digest(module)}
-    output_kind = detect_output(module, dataset.x[splits.train[:8]], dataset.n_classes, output_kind, name)
+    module = placed(module, device)
+    output_kind = detect_output(module, dataset.x[(splits.train if len(splits.train) else splits.test)[:8]], dataset.n_classes, output_kind, name)
     loaded = module
 
     def build_variant() -> torch.nn.Module:
         return architecture() if cfg["kind"] == "builtin" else copy.deepcopy(loaded)
 
-    return PreparedModel(cfg, module, output_kind, rows, seconds, cached, recipe, base_parts, build_variant)
+    architecture_name = recipe["architecture"] if recipe["architecture"] != "auto" else ("cnn" if dataset.is_image else "mlp")
+    return PreparedModel(cfg, module, output_kind, rows, seconds, cached, recipe, base_parts, build_variant, architecture_name)
 
 
 def _variant_rows(target: Target, defended: Defended, dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
@@ -175,7 +216,8 @@ def _variant_rows(target: Target, defended: Defended, dataset: Dataset, splits: 
     return [{**row, "model": target.name, "defense": target.defense} for row in rows]
 
 
-def trainer_for(cfg: dict[str, Any], dataset: Dataset, cache: WeightCache | None = None) -> Callable[[np.ndarray, np.ndarray, int], Target]:
+def trainer_for(cfg: dict[str, Any], dataset: Dataset, cache: WeightCache | None = None,
+                device: str = "cpu") -> Callable[[np.ndarray, np.ndarray, int], Target]:
     """Train models like the target (shadow, reference and surrogate models), through the weight cache.
 
     A built-in model is retrained with its own recipe; a loaded model, whose recipe Kansa cannot
@@ -193,11 +235,11 @@ def trainer_for(cfg: dict[str, Any], dataset: Dataset, cache: WeightCache | None
             return architecture()
 
         def fit(module: torch.nn.Module) -> dict[str, Any]:
-            return {"seconds": train(module, x, y, recipe, seed, progress=False, label=f"{cfg['name']} (reference)")}
+            return {"seconds": train(module, x, y, recipe, seed, progress=False, label=f"{cfg['name']} (reference)", device=device)}
 
-        parts = {"kind": "reference", "model": recipe, "data": array_digest(x, y), "seed": seed}
+        parts = {"kind": "reference", "model": recipe, "data": array_digest(x, y), "seed": seed, "device": device}
         module, _ = cache.fit(f"{cfg['name']} (reference)", parts, build, fit)
-        return make_target(module, dataset, "logits", f"{cfg['name']}-reference")
+        return make_target(module, dataset, "logits", f"{cfg['name']}-reference", device=device)
 
     return train_like_target
 
@@ -231,13 +273,11 @@ class AuditSession:
     def __init__(self, config: Config, cache_root: Path | None, progress: Progress) -> None:
         self.config, self.progress = config, progress
         self.cache = WeightCache(cache_root)
+        self.device = resolve_device(config.execution["device"], config.location.child("execution").child("device"))
         self.dataset, self.splits = load_audit_data(config)
-        eval_idx = self.splits.test
         limit = config.evaluation["samples"]
-        if limit is not None and limit < len(eval_idx):
-            rng = np.random.default_rng(derive_seed(config.seed, "evaluation"))
-            eval_idx = np.sort(rng.choice(eval_idx, limit, replace=False))
-        self.eval_idx = eval_idx
+        self.eval_idx = self.splits.test if limit is None else stratified_subset(
+            self.splits.test, self.dataset.y, limit, derive_seed(config.seed, "evaluation"))
         self._models: dict[str, PreparedModel] = {}
         self._variants: dict[tuple[str, str], Variant] = {}
         self._trainers: dict[str, Callable[[np.ndarray, np.ndarray, int], Target]] = {}
@@ -253,12 +293,13 @@ class AuditSession:
     def model(self, name: str) -> PreparedModel:
         if name not in self._models:
             cfg = next(m for m in self.config.models if m["name"] == name)
-            self._models[name] = _prepare_model(cfg, self.dataset, self.splits, self.config, self.progress, self.cache)
+            self._models[name] = _prepare_model(cfg, self.dataset, self.splits, self.config, self.progress, self.cache, self.device,
+                                                self.x_eval)
         return self._models[name]
 
     def trainer(self, name: str) -> Callable[[np.ndarray, np.ndarray, int], Target]:
         if name not in self._trainers:
-            self._trainers[name] = trainer_for(self.model(name).cfg, self.dataset, self.cache)
+            self._trainers[name] = trainer_for(self.model(name).cfg, self.dataset, self.cache, self.device)
         return self._trainers[name]
 
     def variant(self, model: str, defense: str) -> Variant:
@@ -280,7 +321,7 @@ class AuditSession:
                 model_name=model, base=prepared.module, output_kind=prepared.output_kind, recipe=prepared.recipe,
                 dataset=self.dataset, splits=self.splits,
                 seed=derive_seed(config.seed, "defense", model, defense_id), cache=self.cache,
-                base_parts=prepared.base_parts, build=prepared.build, progress=self.progress.bars,
+                base_parts=prepared.base_parts, build=prepared.build, progress=self.progress.bars, device=self.device,
             )
             self.progress.say(f"defending {model} with {defense_id} ({defense.stage})")
             try:
@@ -290,7 +331,7 @@ class AuditSession:
                 self.progress.say(f"defense {defense_id} of {model} failed: {message}")
                 return Variant(model, defense_id, None, [error_row(message, model=model, defense=defense_id, category=Category.DEFENSE)])
         labels = (model,) if defense_id == UNDEFENDED else (model, defense_id)
-        target = make_target(defended.module, self.dataset, defended.output_kind, model, defense_id, defended.gradient)
+        target = make_target(defended.module, self.dataset, defended.output_kind, model, defense_id, defended.gradient, self.device)
         seed_everything(derive_seed(config.seed, "performance", *labels))
         rows = _variant_rows(target, defended, self.dataset, self.splits)
         seed_everything(derive_seed(config.seed, "checks", *labels))
@@ -300,7 +341,8 @@ class AuditSession:
             note = flag(RANDOMIZED, True, f"identical calls gave different outputs; every attack used the expectation over {samples} passes")
         else:
             note = flag(RANDOMIZED, False, "identical calls gave identical outputs")
-        probes = [note, probe_gradients(target, self.x_eval, self.y_eval)] if config.checks["enabled"] else []
+        gradients = [probe_gradients(target, self.x_eval, self.y_eval)] if target.differentiable else []  # nothing to mask without them
+        probes = [note, *gradients] if config.checks["enabled"] else []
         return Variant(model, defense_id, target, rows, probes, defended.cached)
 
 

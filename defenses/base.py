@@ -54,9 +54,12 @@ class DefenseContext:
     base_parts: dict[str, Any]
     build: "Callable[[], torch.nn.Module]"
     progress: bool = False
+    device: str = "cpu"
 
     @property
     def train_x(self) -> np.ndarray:
+        if not len(self.splits.train):
+            raise DefenseError("this defense trains on data.train, which is not declared: declare the model's training data as data.train")
         return self.dataset.x[self.splits.train]
 
     @property

@@ -53,7 +53,8 @@ class Pruning(Defense):
             if self.values["finetune_epochs"]:
                 recipe = {**context.recipe, "epochs": self.values["finetune_epochs"]}
                 view = logits_view(module, context.output_kind == "probabilities")
-                train(view, context.train_x, context.train_y, recipe, context.seed, context.progress, f"{context.model_name} (pruned)")
+                train(view, context.train_x, context.train_y, recipe, context.seed, context.progress, f"{context.model_name} (pruned)",
+                      device=context.device)
             for layer, attribute in layers:
                 prune.remove(layer, attribute)
             return {"seconds": time.perf_counter() - start}
@@ -130,7 +131,8 @@ class Distillation(Defense):
 
         def fit(student: "torch.nn.Module") -> dict[str, Any]:
             teacher = logits_view(context.base, context.output_kind == "probabilities")
-            x, y = torch.from_numpy(context.train_x), torch.from_numpy(context.train_y)
+            student.to(context.device)
+            x, y = torch.from_numpy(context.train_x).to(context.device), torch.from_numpy(context.train_y).to(context.device)
             with torch.no_grad():
                 soft = torch.softmax(teacher(x) / self.values["temperature"], dim=1)
             t, w = self.values["temperature"], self.values["soft_weight"]

@@ -66,7 +66,7 @@ def output_transform(inner: "torch.nn.Module", output_kind: str, transform: Call
                 log_processed = np.log(np.clip(processed, 1e-12, None))
                 if keep_decisions:
                     log_processed = break_ties(log_processed, raw.argmax(dim=1).cpu().numpy())
-            return torch.from_numpy(log_processed).to(raw.dtype)
+            return torch.from_numpy(log_processed).to(raw.device, raw.dtype)
 
     return OutputTransform().eval()
 
@@ -98,9 +98,9 @@ class _Postprocessor(Defense):
 
         art_postprocessor = self.postprocessor()
         module = output_transform(context.base, context.output_kind, art_postprocessor, keep_decisions=self.preserves_labels)
-        x_test = torch.from_numpy(context.dataset.x[context.splits.test])
+        x_test = torch.from_numpy(context.dataset.x[context.splits.test]).to(context.device)
         with torch.no_grad():
-            before, after = context.base(x_test).numpy(), module(x_test).exp().numpy()
+            before, after = context.base(x_test).cpu().numpy(), module(x_test).exp().cpu().numpy()
         change = prediction_change(before, after)
         if self.preserves_labels:
             guard_labels(self.name, change, self.values["max_prediction_change"])

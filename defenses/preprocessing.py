@@ -33,7 +33,7 @@ def straight_through_input(inner: "torch.nn.Module", transform: Callable[[np.nda
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             processed = np.asarray(transform(x.detach().cpu().numpy()), dtype=np.float32)
-            return self.inner(x + (torch.from_numpy(processed) - x).detach())
+            return self.inner(x + (torch.from_numpy(processed).to(x.device) - x).detach())
 
     return InputTransform().eval()
 

@@ -69,7 +69,7 @@ class _ARTTrainer(Defense):
             classifier = PyTorchClassifier(
                 model=view, loss=torch.nn.CrossEntropyLoss(), optimizer=optimizer,
                 input_shape=context.dataset.input_shape, nb_classes=context.dataset.n_classes,
-                clip_values=context.dataset.input_range, device_type="cpu",
+                clip_values=context.dataset.input_range, device_type="gpu" if context.device == "cuda" else "cpu",
             )
             y = context.train_y
             if self.one_hot:
@@ -258,7 +258,8 @@ class Regularization(Defense):
                 validation, x, y = (x[held[:cut]], y[held[:cut]]), x[held[cut:]], y[held[cut:]]
             view = logits_view(module, context.output_kind == "probabilities")
             seconds = train(view, x, y, recipe, context.seed, context.progress, f"{context.model_name} ({self.name})",
-                            label_smoothing=self.values["label_smoothing"], validation=validation, patience=self.values["patience"])
+                            label_smoothing=self.values["label_smoothing"], validation=validation, patience=self.values["patience"],
+                            device=context.device)
             return {"seconds": seconds}
 
         module, info = context.trained(self, fit)

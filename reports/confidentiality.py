@@ -191,8 +191,11 @@ def build_confidentiality(result: AuditResult) -> dict[str, Any] | None:
         def of(panel: str) -> pd.DataFrame:
             return rows[rows["attack"].map(panels) == panel]
 
+        model = next(m for m in result.metadata.models if m.name == variant[0])
         entry = {
             "name": variant_label(*variant),
+            "members": f"members_{model.members}",
+            "reference": model.reference,
             "membership": _membership(variant, of("membership"), arrays, result.metadata),
             "inversion": _inversion(variant, of("inversion"), arrays, result.metadata),
             "attribute": _attribute(of("attribute")),

@@ -270,9 +270,12 @@ def _diagnostics(run: Run) -> dict[str, Any]:
         limitations.append(run.t("lim_no_confidentiality"))
     if not run.has(Category.SANITY):
         limitations.append(run.t("lim_no_checks"))
+    not_applicable = table[table["status"] == "not_applicable"]
     return {
         "errors": [{"model": variant_label(r["model"], r["defense"]), "attack": r["attack"] or "(defense)", "message": r["message"]}
                    for _, r in errors.iterrows()],
+        "not_applicable": [{"model": variant_label(r["model"], r["defense"]), "attack": r["attack"], "message": r["message"]}
+                           for _, r in not_applicable.iterrows()],
         "notes": [{"metric": r["metric"], "subset": r["subset"], "message": r["message"]} for _, r in notes.iterrows()],
         "limitations": limitations,
     }

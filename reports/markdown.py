@@ -50,12 +50,13 @@ def summary_markdown(result: AuditResult) -> str:
                 f"| {ICONS[check['verdict']]} | {escape(check['gate'])} | {escape(case_name(check))} | {escape(check['rule'])} | {escape(check['reason'])} |"
             )
         lines.append("")
-    errors = table[table["status"] == "error"]
-    if not errors.empty:
-        lines += ["### Failed attack cells and defenses", ""]
-        lines += [f"- {escape(variant_label(r['model'], r['defense']))} / {escape(r['attack'] or '(defense)')}: {escape(r['message'])}"
-                  for _, r in errors.iterrows()]
-        lines.append("")
+    for status, heading in (("error", "Failed attack cells and defenses"), ("not_applicable", "Attacks that do not apply to a model")):
+        cells = table[table["status"] == status]
+        if not cells.empty:
+            lines += [f"### {heading}", ""]
+            lines += [f"- {escape(variant_label(r['model'], r['defense']))} / {escape(r['attack'] or '(defense)')}: {escape(r['message'])}"
+                      for _, r in cells.iterrows()]
+            lines.append("")
     models = headline(table)
     if models:
         lines += ["### Headline", "", "| model | clean accuracy (test) | lowest robust accuracy | at |", "| --- | --- | --- | --- |"]

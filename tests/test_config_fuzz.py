@@ -200,7 +200,7 @@ CHOICES = [("data", "source"), ("models", 0, "kind"), ("models", 0, "optimizer")
 def odd_choice(draw):
     config = copy.deepcopy(VALID)
     path = draw(st.sampled_from(CHOICES))
-    put(config, path, draw(ODD_TEXT.filter(lambda t: t not in {"digits", "builtin", "adam", "sgd", "cnn", "mlp", "auto", "fgsm", "pgd", "inf", "2", ">=", ">", "<=", "<", "iris", "wine", "csv", "npz", "idx", "parquet", "torchscript", "state_dict", "pickle", "breast_cancer"})))
+    put(config, path, draw(ODD_TEXT.filter(lambda t: t not in {"digits", "builtin", "adam", "sgd", "cnn", "mlp", "auto", "fgsm", "pgd", "inf", "2", ">=", ">", "<=", "<", "iris", "wine", "csv", "npz", "idx", "parquet", "torchscript", "state_dict", "pickle", "breast_cancer", "safetensors", "exported", "image_folder"})))
     return config, render(path)
 
 

@@ -33,7 +33,7 @@ def reference_module(digits):
 
 def test_torchscript_model_gives_identical_logits(tmp_path, digits):
     dataset, splits, target = digits
-    torch.jit.save(torch.jit.script(target.module), tmp_path / "m.ts")
+    torch.jit.save(torch.jit.script(target.module.inner), tmp_path / "m.ts")  # the model itself, as a team would export it
     loaded = load_user_model(model_cfg(kind="torchscript", path="m.ts"), tmp_path)
     x = torch.from_numpy(dataset.x[splits.test[:32]])
     with torch.no_grad():
