@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from audit.errors import ModelError, describe_exception
-from audit.params import AnyOf, AnyTable, Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, validate_tagged
 from audit.metrics import Category
+from audit.params import AnyOf, AnyTable, Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, validate_tagged
 from audit.results import UNDEFENDED, count_row
 from audit.training import shuffled_batches, train_epochs
 
