@@ -185,14 +185,12 @@ def _validate(args: argparse.Namespace) -> int:
     session = AuditSession(config, None, Progress(quiet=True))
     dataset, splits = session.dataset, session.splits
     check_against_data(config, dataset, splits)
+    loaded = [(model, session.model(model["name"])) for model in config.models if model["kind"] != "builtin"]
     roles = "declared" if splits.declared else "Kansa's split"
     print(f"{args.config}: valid ({len(config.models)} model(s), {len(config.attacks)} attack(s), {len(config.defenses)} defense(s); "
           f"data {dataset.name}: {len(dataset.y)} {dataset.kind} samples, {dataset.n_classes} classes; "
           f"train / hold-out / test {len(splits.train)} / {len(splits.holdout)} / {len(splits.test)} ({roles}); device {session.device})")
-    for model in config.models:
-        if model["kind"] == "builtin":
-            continue
-        prepared = session.model(model["name"])
+    for model, prepared in loaded:
         print(f"  model {model['name']}: {model['kind']} file opens and fits the data: inputs {dataset.input_shape} -> "
               f"{dataset.n_classes} {prepared.output_kind}; members {members_origin(model, splits)}")
     return EXIT_OK

@@ -3,6 +3,8 @@
 Loading never unpickles arbitrary objects: state_dicts go through `torch.load(weights_only=True)`,
 safetensors files hold only tensors, and whole pickled models and torch.export programs (whose
 loader unpickles and evaluates parts of the file) are refused unless the user vouches for the file.
+Tree models and scikit-learn classifiers (audit/tree_models.py) are plain data or skops files, and
+ONNX models (audit/onnx_import.py) protobufs.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import numpy as np
 
 from audit.errors import ModelError, describe_exception
 from audit.metrics import Category
+from audit.onnx_import import load_onnx
 from audit.params import AnyOf, AnyTable, Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, validate_tagged
 from audit.results import UNDEFENDED, count_row
 from audit.training import shuffled_batches, train_epochs
+from audit.tree_models import TREE_KINDS, load_tree_model
 
 if TYPE_CHECKING:
     import torch
@@ -84,6 +88,21 @@ KIND_PARAMS: dict[str, tuple[Param, ...]] = {
     "pickle": (
         Param("path", Text(), doc="a whole model saved with torch.save(model); loading it runs code from the file"),
         _ALLOW_UNSAFE,
+        _OUTPUT,
+    ),
+    "skops": (
+        Param("path", Text(), doc="scikit-learn classifier saved with skops.io.dump (pip install 'kansa[trees]'); gradient-free attacks only"),
+        Param("trusted_types", ListOf(Text()), [], "types beyond skops' defaults the file may hold (skops.io.get_untrusted_types names them); "
+                                                   "only for a file you trust"),
+        _OUTPUT,
+    ),
+    "xgboost": (
+        Param("path", Text(), doc="XGBoost classifier saved as JSON or UBJ (Booster.save_model or XGBClassifier.save_model; "
+                                  "pip install 'kansa[trees]'); gradient-free attacks only"),
+        _OUTPUT,
+    ),
+    "lightgbm": (
+        Param("path", Text(), doc="LightGBM classifier saved as text (Booster.save_model; pip install 'kansa[trees]'); gradient-free attacks only"),
         _OUTPUT,
     ),
 }
@@ -261,16 +280,17 @@ class LoadedModel:
 
 
 def load_model(cfg: dict[str, Any], base_dir: Path, audited: np.ndarray) -> LoadedModel:
-    """Any supported file; `audited` (the samples the audit attacks) checks an ONNX conversion against onnxruntime."""
+    """Any supported file; `audited` (the samples the audit attacks) gives the features a tree model must take and checks an ONNX conversion."""
     rows = []
     if cfg.get("allow_unsafe_pickle"):
         rows.append(count_row("unsafe_pickle_loaded", 1, category=Category.MODEL, message=(
             f"{cfg['path']} was {'unpickled' if cfg['kind'] == 'pickle' else 'loaded'} with allow_unsafe_pickle = true: "
             "loading it could run any code it holds")))
+    if cfg["kind"] in TREE_KINDS:
+        tree = load_tree_model(cfg["kind"], _model_file(cfg["path"], base_dir), tuple(audited.shape[1:]), cfg.get("trusted_types", ()))
+        return _gradient_free(tree.scores, tree.digest, tree.description, rows)
     if cfg["kind"] != "onnx":
         return LoadedModel(load_user_model(cfg, base_dir), rows)
-    from audit.onnx_import import load_onnx
-
     path = _model_file(cfg["path"], base_dir)
     onnx = load_onnx(path, tuple(audited.shape[1:]), audited)
     if onnx.module is not None:
@@ -278,9 +298,13 @@ def load_model(cfg: dict[str, Any], base_dir: Path, audited: np.ndarray) -> Load
             f"converted to torch for gradients: its outputs differ from onnxruntime's by at most {onnx.max_abs_diff:.2g} "
             f"on the {len(audited)} audited samples (tolerance {onnx.tolerance:.2g})")))
         return LoadedModel(onnx.module, rows)
-    rows.append(count_row("gradient_free", 1, category=Category.MODEL, message=(
-        f"{onnx.reason}: the model runs through onnxruntime, so attacks that need gradients do not apply to it")))
-    return LoadedModel(_scores_module(onnx.scores, hashlib.sha256(path.read_bytes()).digest()), rows)
+    return _gradient_free(onnx.scores, hashlib.sha256(path.read_bytes()).digest(), f"{onnx.reason}: the model runs through onnxruntime", rows)
+
+
+def _gradient_free(scores: Callable[[np.ndarray], np.ndarray], identity: bytes, runs: str, rows: list[dict[str, Any]]) -> LoadedModel:
+    """A model only its own runtime evaluates; the row says which runtime (`runs`), so the report explains the not-applicable cells."""
+    rows.append(count_row("gradient_free", 1, category=Category.MODEL, message=f"{runs}, so attacks that need gradients do not apply to it"))
+    return LoadedModel(_scores_module(scores, identity), rows)
 
 
 def _scores_module(scores: Callable[[np.ndarray], np.ndarray], identity: bytes) -> "torch.nn.Module":

@@ -374,5 +374,7 @@ def test_validate_opens_the_model_file_and_checks_it_against_the_data(team: dict
     assert "model team: torchscript file opens and fits the data: inputs (1, 28, 28) -> 10 logits; members declared" in out
     wrong = DECLARED.replace('path = "model.pt"\n', 'path = "model.pt"\nnormalize = { mean = [0.5, 0.5, 0.5], std = [0.2, 0.2, 0.2] }\n')
     assert main(["validate", str(write(team["root"] / "wrong_channels.toml", wrong))]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert len(err) == 1 and "normalize.mean has 3 values but the inputs have 1 channel" in err[0], err
+    assert "valid" not in captured.out  # nothing claims the config valid before its model failed
