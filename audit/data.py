@@ -392,9 +392,7 @@ def _read_source(cfg: dict[str, Any], base_dir: Path, role: str | None = None) -
         origin = cfg.get("path") or cfg.get("images")
         name, shape, auto_scale = Path(origin).name, cfg.get("image_shape"), _AUTO_SCALE.get(source, "none")
     if role is not None:
-        origin = f"data.{role} ({origin})"
-    if role is not None:
-        roles = np.full(len(labels), role)
+        origin, roles = f"data.{role} ({origin})", np.full(len(labels), role)
     x, is_image = _as_model_input(x, shape, origin)
     if x.shape[0] == 0:
         raise DataError(f"{origin}: no samples")
@@ -432,9 +430,8 @@ def _combine(sources: list[_Source], cfg: dict[str, Any]) -> tuple[Dataset, np.n
     for other in sources[1:]:
         if other.x.shape[1:] != first.x.shape[1:]:
             raise DataError(f"{other.origin}: inputs of shape {other.x.shape[1:]}, but {first.origin} has {first.x.shape[1:]}")
-        if (other.labels.dtype.kind in "iub") != (first.labels.dtype.kind in "iub"):
-            raise DataError(f"{other.origin}: labels are {other.labels.dtype.kind in 'iub' and 'numbers' or 'names'} but "
-                            f"{first.origin}'s are {first.labels.dtype.kind in 'iub' and 'numbers' or 'names'}")
+        if _label_kind(other) != _label_kind(first):
+            raise DataError(f"{other.origin}: labels are {_label_kind(other)} but {first.origin}'s are {_label_kind(first)}")
     scales = {str(s.auto_scale) for s in sources}
     if cfg["scale"] == "auto" and len(scales) > 1:
         raise DataError(f"data.scale = \"auto\" means different scales for {first.origin} and {sources[1].origin}; set data.scale")
@@ -457,9 +454,16 @@ def _combine(sources: list[_Source], cfg: dict[str, Any]) -> tuple[Dataset, np.n
     return Dataset(name, x, y, class_names, input_range, first.is_image, dropped), None if roles is None else roles[finite]
 
 
+def _label_kind(source: _Source) -> str:
+    return "numbers" if source.labels.dtype.kind in "iub" else "names"
+
+
 def load_dataset(cfg: dict[str, Any], base_dir: Path, seed: int) -> Dataset:
     """Load, clean and scale one declared source, its roles ignored (a stratified subsample when `max_samples` asks)."""
-    source = _read_source(cfg, base_dir)
+    return _without_roles(_read_source(cfg, base_dir), cfg, seed)
+
+
+def _without_roles(source: _Source, cfg: dict[str, Any], seed: int) -> Dataset:
     dataset, _ = _combine([replace(source, roles=None)], cfg)
     if cfg["max_samples"] is not None and cfg["max_samples"] < len(dataset.y):
         keep = _stratified_take(dataset.y, cfg["max_samples"], seed, source.origin)
@@ -476,18 +480,17 @@ def load_data(cfg: dict[str, Any], base_dir: Path, sample_seed: int, split_seed:
         if cfg["split_file"]:
             source.roles = _roles_from_file(cfg, base_dir, len(source.labels))
         if source.roles is None:
-            dataset = load_dataset(cfg, base_dir, sample_seed)
+            dataset = _without_roles(source, cfg, sample_seed)
             return dataset, split_dataset(dataset, cfg["split"], split_seed)
         sources = [source]
     dataset, roles = _combine(sources, cfg)
-    assert roles is not None
-    keep = np.arange(len(dataset.y))
-    if cfg["max_samples"] is not None:
-        keep = np.concatenate([
-            idx[_stratified_take(dataset.y[idx], cfg["max_samples"], sample_seed, f"data.{role}")] if len(idx) > cfg["max_samples"] else idx
+    assert roles is not None  # every source above carries its rows' roles
+    limit = cfg["max_samples"]
+    if limit is not None:
+        keep = np.sort(np.concatenate([
+            idx[_stratified_take(dataset.y[idx], limit, sample_seed, f"data.{role}")] if len(idx) > limit else idx
             for role in SPLIT_NAMES for idx in [np.flatnonzero(roles == role)]
-        ])
-        keep.sort()
+        ]))
         dataset.x, dataset.y, roles = dataset.x[keep], dataset.y[keep], roles[keep]
     return dataset, Splits(*(np.flatnonzero(roles == role) for role in SPLIT_NAMES), declared=True)
 
