@@ -20,6 +20,18 @@ def _history_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory):
     os.environ["KANSA_HISTORY"] = str(tmp_path_factory.mktemp("history") / "history.sqlite")
     os.environ["KANSA_CACHE"] = str(tmp_path_factory.mktemp("weights"))
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For a module of tiny models: they gain nothing from threads and lose a lot when the cores are shared
+    (onnxruntime and the tree libraries follow torch's thread count)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 MNIST_DIR = SHARED / "data" / "mnist"
 

@@ -108,13 +108,7 @@ class Warped(nn.Module):
         return self.fc(F.grid_sample(x, grid, align_corners=False).flatten(1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small gain nothing from threads and lose a lot when the cores are shared (onnxruntime follows torch)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

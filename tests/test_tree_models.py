@@ -28,13 +28,7 @@ LIBRARIES = {"skops": "skops.io", "xgboost": "xgboost", "lightgbm": "lightgbm"}
 SUFFIX = {"skops": "skops", "xgboost": "json", "lightgbm": "txt"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small gain nothing from threads and lose a lot when the cores are shared (the libraries follow torch)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
