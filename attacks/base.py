@@ -8,8 +8,10 @@ the gates and the report read about it; none of them special-cases an attack by 
   the others confidentiality checks (the `category` of their rows).
 - `norm`: the threat model, "inf" or "2", or None for attacks without an epsilon ball; attacks
   with a norm join the per-sample worst case (the ensemble) at each of their eps.
-- `access` (`Access`): gradients, scores or labels only; the sanity checks compare black-box
-  with white-box attacks of the same norm, and white-box ones with random noise.
+- `access` (`Access`): gradients, the model's structure, scores or labels only; the sanity checks
+  compare black-box with white-box (gradient) attacks of the same norm, and white-box ones with
+  random noise. `inapplicable(target)` says why an attack cannot run on a model (its access is not
+  given); the runner writes that as a not-applicable row, which no gate counts as missing evidence.
 - `single_step`, `randomized`: one gradient step (compared with iterative attacks); randomised
   (re-run with other seeds for `[evaluation] repeats`).
 - `needs_members`: it measures against the model's training data (members). The runner runs it
@@ -94,6 +96,7 @@ class Access(str, Enum):
     """What the attacker reads from the model."""
 
     GRADIENTS = "gradients"
+    STRUCTURE = "structure"  # the model's own internals, e.g. a decision tree's nodes and thresholds
     SCORES = "scores"
     LABELS = "labels"
 
@@ -119,6 +122,16 @@ class Attack(Component, ABC):
     @property
     def white_box(self) -> bool:
         return self.access is Access.GRADIENTS
+
+    @property
+    def black_box(self) -> bool:
+        return self.access in (Access.SCORES, Access.LABELS)
+
+    def inapplicable(self, target: "Target") -> str | None:
+        """Why this attack cannot run on `target`, completing "<attack> ..."; None when it can."""
+        if self.access is Access.GRADIENTS and not target.differentiable:
+            return f"needs the model's gradients, and {target.name} gives none (see its model rows)"
+        return None
 
     @classmethod
     def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:

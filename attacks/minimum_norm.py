@@ -1,14 +1,15 @@
-"""Minimum-norm white-box attacks through ART: Carlini-Wagner L2 and DeepFool (one run, the whole curve)."""
+"""Minimum-norm attacks, one run for the whole curve: Carlini-Wagner L2 and DeepFool through ART (gradients),
+and the exact attack on a decision tree (its nodes)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from attacks import register
-from attacks.base import MinimizationAttack
-from audit.params import Number, Param
+from attacks.base import Access, MinimizationAttack
+from audit.params import Choice, Number, OneOrMany, Param
 
 if TYPE_CHECKING:
     from audit.models import Target
@@ -63,3 +64,98 @@ class DeepFool(MinimizationAttack):
             verbose=False,
         )
         return attack.generate(x, y=y)
+
+
+@register
+class DecisionTree(MinimizationAttack):
+    """Exact for one tree: the tree splits its input space into boxes (its leaves), and the nearest point
+    of another class's box is the box's projection of the sample, the smallest change in every Lp norm
+    at once. Its robust accuracy is therefore the model's true one, not an upper bound. ART's
+    DecisionTreeAttack (Papernot et al. 2016) searches the tree greedily and finds larger changes; the
+    tests check this attack against it. A forest is not one tree (the exact search is NP-hard), so
+    forests and boosters get decision- and score-based attacks instead.
+    """
+
+    name = "decision_tree"
+    summary = "Exact minimum-norm attack on a scikit-learn decision tree: the nearest point the tree gives another class"
+    access = Access.STRUCTURE
+    data_kinds = ("tabular",)
+    data_note = "a decision tree splits feature vectors"
+    params = (
+        Param("eps", OneOrMany(Number(0, None, closed="neither")), [0.05, 0.1, 0.2, 0.3], "budgets to read robust accuracy off at"),
+        Param("norm", Choice(("inf", "2")), "inf", "the norm minimised"),
+        *(param for param in MinimizationAttack.params if param.name != "eps"),
+    )
+
+    @property
+    def norm(self) -> str:
+        return self.values["norm"]
+
+    def inapplicable(self, target: "Target") -> str | None:
+        from sklearn.tree import DecisionTreeClassifier
+
+        if isinstance(target.native, DecisionTreeClassifier) and target.native.n_outputs_ == 1:
+            return None
+        if target.native is None:
+            return (f"reads the nodes of a scikit-learn decision tree (kind = \"skops\"), and this variant of {target.name} has none "
+                    "to read (a torch or ONNX model, or a defense wraps the tree)")
+        return (f"reads the nodes of one scikit-learn decision tree, and {target.name} is a {type(target.native).__name__}; "
+                "decision- and score-based attacks (hopskipjump, transfer) apply to it")
+
+    def minimize(self, target: "Target", x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        low, high, leaf_class = _leaf_boxes(target.native.tree_, target.clip_values)
+        x_adv = x.copy()
+        if not len(leaf_class):
+            return x_adv
+        distance = np.zeros((len(x), len(leaf_class)))
+        for feature in range(x.shape[1]):
+            column = x[:, feature, None].astype(np.float64)
+            gap = np.maximum(low[None, :, feature] - column, 0) + np.maximum(column - high[None, :, feature], 0)
+            distance = np.maximum(distance, gap) if self.norm == "inf" else distance + gap**2
+        distance[leaf_class[None, :] == y[:, None]] = np.inf
+        nearest = distance.argmin(axis=1)
+        reachable = np.isfinite(distance[np.arange(len(x)), nearest])
+        x_adv[reachable] = np.clip(x[reachable], low[nearest[reachable]], high[nearest[reachable]])
+        return x_adv
+
+
+def _leaf_boxes(tree: Any, clip_values: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per leaf the float32 box of inputs the tree sends to it, within the input range, and the leaf's class.
+
+    scikit-learn sends a sample left when its float32 feature is <= the node's float64 threshold, so a
+    box's upper bound is the largest float32 <= the thresholds it must not exceed and its lower bound
+    the smallest float32 > those it must exceed. Leaves whose box lies outside the input range are left out.
+    """
+    n_features = tree.n_features
+    lows, highs, classes = [], [], []
+    stack = [(0, np.full(n_features, -np.inf), np.full(n_features, np.inf))]
+    while stack:
+        node, low, high = stack.pop()
+        left, right = tree.children_left[node], tree.children_right[node]
+        if left == right:  # a leaf
+            lows.append(low)
+            highs.append(high)
+            classes.append(int(np.argmax(tree.value[node, 0])))
+            continue
+        feature, threshold = tree.feature[node], tree.threshold[node]
+        left_high, right_low = high.copy(), low.copy()
+        left_high[feature] = min(high[feature], threshold)
+        right_low[feature] = max(low[feature], threshold)
+        stack += [(right, right_low, high), (left, low, left_high)]
+    low32, high32 = _above(np.array(lows)), _at_most(np.array(highs))
+    low32 = np.maximum(low32, np.float32(clip_values[0]))
+    high32 = np.minimum(high32, np.float32(clip_values[1]))
+    inside = (low32 <= high32).all(axis=1)
+    return low32[inside], high32[inside], np.array(classes, dtype=np.int64)[inside]
+
+
+def _above(bound: np.ndarray) -> np.ndarray:
+    """The smallest float32 strictly greater than each float64 bound."""
+    nearest = bound.astype(np.float32)
+    return np.where(nearest.astype(np.float64) <= bound, np.nextafter(nearest, np.float32(np.inf)), nearest)
+
+
+def _at_most(bound: np.ndarray) -> np.ndarray:
+    """The largest float32 not greater than each float64 bound."""
+    nearest = bound.astype(np.float32)
+    return np.where(nearest.astype(np.float64) > bound, np.nextafter(nearest, np.float32(-np.inf)), nearest)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from attacks import registry
-from attacks.base import Access, AttackContext, AttackOutput, ensemble_rows
+from attacks.base import AttackContext, AttackOutput, ensemble_rows
 from audit.cache import content_key
 from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, table_checks
 from audit.config import Config
@@ -157,9 +157,9 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     refusal = members_refusal(session.model(task.model).cfg, session.splits) if attack.needs_members else None
     if refusal is not None:
         return _failed(session, task, record, where, refusal, start)
-    if attack.access is Access.GRADIENTS and not variant.target.differentiable:
-        record.status = "not_applicable"
-        record.message = f"{task.attack} needs the model's gradients, and {task.model} gives none (see its model rows)"
+    reason = attack.inapplicable(variant.target)
+    if reason is not None:
+        record.status, record.message = "not_applicable", f"{task.attack} {reason}"
         return CellResult(task.key, record, [not_applicable_row(record.message, **where)])
     runs = []
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 if TYPE_CHECKING:
     from audit.results import AuditResult
@@ -212,10 +212,14 @@ def _list(args: argparse.Namespace) -> int:
         attacks(), defenses()  # third-party components declare their metrics when imported
         print(metrics_markdown(), end="")
         return EXIT_OK
-    for heading, members, family in (("attacks", attacks(), "category"), ("defenses", defenses(), "stage")):
+    traits: dict[str, Callable[[Any], str]] = {
+        "attacks": lambda cls: f"{cls.kind.category}, {cls.access.value}" + (", randomised" if cls.randomized else ""),
+        "defenses": lambda cls: cls.stage,
+    }
+    for heading, members in (("attacks", attacks()), ("defenses", defenses())):
         print(f"{heading}:")
         for name, cls in members.items():
-            print(f"  {name}  [{getattr(cls, family)}]  {cls.summary}")
+            print(f"  {name}  [{traits[heading](cls)}]  {cls.summary}")
             for p in describe_params(cls.params):
                 print(f"      {p['name']}: {p['accepts']} (default {p['default']}) - {p['doc']}")
     return EXIT_OK

@@ -288,7 +288,7 @@ def load_model(cfg: dict[str, Any], base_dir: Path, audited: np.ndarray) -> Load
             "loading it could run any code it holds")))
     if cfg["kind"] in TREE_KINDS:
         tree = load_tree_model(cfg["kind"], _model_file(cfg["path"], base_dir), tuple(audited.shape[1:]), cfg.get("trusted_types", ()))
-        return _gradient_free(tree.scores, tree.digest, tree.description, rows)
+        return _gradient_free(tree.scores, tree.digest, tree.description, rows, tree.native)
     if cfg["kind"] != "onnx":
         return LoadedModel(load_user_model(cfg, base_dir), rows)
     path = _model_file(cfg["path"], base_dir)
@@ -301,17 +301,18 @@ def load_model(cfg: dict[str, Any], base_dir: Path, audited: np.ndarray) -> Load
     return _gradient_free(onnx.scores, hashlib.sha256(path.read_bytes()).digest(), f"{onnx.reason}: the model runs through onnxruntime", rows)
 
 
-def _gradient_free(scores: Callable[[np.ndarray], np.ndarray], identity: bytes, runs: str, rows: list[dict[str, Any]]) -> LoadedModel:
+def _gradient_free(scores: Callable[[np.ndarray], np.ndarray], identity: bytes, runs: str, rows: list[dict[str, Any]],
+                   native: Any = None) -> LoadedModel:
     """A model only its own runtime evaluates; the row says which runtime (`runs`), so the report explains the not-applicable cells."""
     rows.append(count_row("gradient_free", 1, category=Category.MODEL, message=f"{runs}, so attacks that need gradients do not apply to it"))
-    return LoadedModel(_scores_module(scores, identity), rows)
+    return LoadedModel(_scores_module(scores, identity, native), rows)
 
 
-def _scores_module(scores: Callable[[np.ndarray], np.ndarray], identity: bytes) -> "torch.nn.Module":
+def _scores_module(scores: Callable[[np.ndarray], np.ndarray], identity: bytes, native: Any = None) -> "torch.nn.Module":
     """A model only an external runtime can evaluate, as a module: outputs, and no gradients.
 
     `identity` (the file's digest) is its one buffer, so its `module_digest`, and with it every cache
-    and journal key, differs between files.
+    and journal key, differs between files. `native` is the runtime's own model object (see `Target.native`).
     """
     import torch
 
@@ -319,6 +320,7 @@ def _scores_module(scores: Callable[[np.ndarray], np.ndarray], identity: bytes) 
         def __init__(self) -> None:
             super().__init__()
             self.register_buffer("identity", torch.frombuffer(bytearray(identity), dtype=torch.uint8))
+            self.native = native
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(np.asarray(scores(x.detach().cpu().numpy().astype(np.float32)))).to(x.device)
@@ -589,6 +591,10 @@ class Target:
     `gradient_module`, when set, is what white-box attacks differentiate instead of `module`: the
     raw model behind an output post-processor, or the float twin of a quantized model. Outputs and
     decisions are always measured on `module`.
+
+    `native` is the model's own library object (a scikit-learn estimator, a booster) when `module` is
+    exactly that model, for attacks that read its structure; None for torch models and for any
+    variant a defense wraps, whose decisions the library object no longer describes.
     """
 
     name: str
@@ -600,6 +606,7 @@ class Target:
     output_kind: str
     digest: str
     gradient_module: "torch.nn.Module | None" = None
+    native: Any = None
     _classifier: Any = None
 
     @property
@@ -708,6 +715,7 @@ def make_target(module: "torch.nn.Module", dataset: "Dataset", output_kind: str,
         output_kind=output_kind,
         digest=module_digest(module),
         gradient_module=None if gradient is None else logits_view(placed(gradient[0], device).eval(), gradient[1] == "probabilities"),
+        native=getattr(module, "native", None),
     )
 
 

@@ -40,6 +40,7 @@ class TreeModel:
     scores: Callable[[np.ndarray], np.ndarray]
     description: str  # what the file holds and which library evaluates it, for the report's model row
     digest: bytes  # sha256 of the bytes the library loaded
+    native: Any  # the library's own model object, for attacks that read its structure (a decision tree's nodes)
 
 
 class _Fitted(NamedTuple):
@@ -47,6 +48,7 @@ class _Fitted(NamedTuple):
     n_features: int
     n_classes: int
     description: str
+    native: Any
 
 
 def load_tree_model(kind: str, path: Path, input_shape: tuple[int, ...], trusted_types: Sequence[str] = ()) -> TreeModel:
@@ -60,7 +62,7 @@ def load_tree_model(kind: str, path: Path, input_shape: tuple[int, ...], trusted
     fitted = _skops(content, path, list(trusted_types)) if kind == "skops" else {"xgboost": _xgboost, "lightgbm": _lightgbm}[kind](content, path)
     if fitted.n_features != input_shape[0]:
         raise ModelError(f"{path}: the model expects {fitted.n_features} features, but the data has {input_shape[0]}")
-    return TreeModel(_probabilities(fitted.predict, fitted.n_classes), fitted.description, hashlib.sha256(content).digest())
+    return TreeModel(_probabilities(fitted.predict, fitted.n_classes), fitted.description, hashlib.sha256(content).digest(), fitted.native)
 
 
 def _probabilities(predict: Callable[[np.ndarray], np.ndarray], n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -125,7 +127,7 @@ def _skops(content: bytes, path: Path, trusted_types: list[str]) -> _Fitted:
     import skops
 
     return _Fitted(predict, int(estimator.n_features_in_), len(estimator.classes_),
-                   f"a scikit-learn {name} (read by skops {skops.__version__}) runs through scikit-learn {sklearn.__version__}")
+                   f"a scikit-learn {name} (read by skops {skops.__version__}) runs through scikit-learn {sklearn.__version__}", estimator)
 
 
 def _xgboost(content: bytes, path: Path) -> _Fitted:
@@ -157,7 +159,8 @@ def _xgboost(content: bytes, path: Path) -> _Fitted:
         return softmax(np.stack([np.zeros_like(margin), margin], axis=1) if binary else margin)
 
     return _Fitted(predict, booster.num_features(), 2 if binary else int(learner["learner_model_param"]["num_class"]),
-                   f"an XGBoost booster ({objective}, {trees[1] or booster.num_boosted_rounds()} rounds) runs through xgboost {xgb.__version__}")
+                   f"an XGBoost booster ({objective}, {trees[1] or booster.num_boosted_rounds()} rounds) runs through xgboost {xgb.__version__}",
+                   booster)
 
 
 def _xgboost_reason(message: str) -> str:
@@ -187,4 +190,4 @@ def _lightgbm(content: bytes, path: Path) -> _Fitted:
 
     n_classes = 2 if objective == "binary" else booster.num_model_per_iteration()
     return _Fitted(predict, booster.num_feature(), n_classes,
-                   f"a LightGBM booster ({objective}, {booster.current_iteration()} iterations) runs through lightgbm {lgb.__version__}")
+                   f"a LightGBM booster ({objective}, {booster.current_iteration()} iterations) runs through lightgbm {lgb.__version__}", booster)

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from attacks import registry
-from attacks.base import Access
 from audit.files import write_text_atomic
 from audit.gates import overall_verdict
 from audit.metrics import CHARACTERISTICS, Category, metric_info, panel_of
@@ -264,7 +263,7 @@ def _diagnostics(run: Run) -> dict[str, Any]:
 
     attacks = registry()
     run_attacks = [a["name"] for a in run.meta.config["attacks"]]
-    if not any(attacks[name].access is not Access.GRADIENTS for name in run_attacks if name in attacks):
+    if not any(attacks[name].black_box for name in run_attacks if name in attacks):
         limitations.append(run.t("lim_no_blackbox"))
     if not run.has(Category.CONFIDENTIALITY):
         limitations.append(run.t("lim_no_confidentiality"))

@@ -150,8 +150,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "regression_checks": ("Regression gates against the baseline.", "ベースラインに対する退行ゲート。"),
     "threat_model": ("Threat model", "脅威モデル"),
     "threat_default": (
-        "Integrity: an attacker who can perturb inputs within the stated budgets, with white-box gradient access (FGSM, PGD, ...) or query access only (Square, HopSkipJump, transfer). Confidentiality: an attacker who can query the model and holds data from the same distribution.",
-        "完全性: 記載した予算内で入力を摂動でき、勾配へのホワイトボックスアクセス (FGSM, PGD など) またはクエリのみのアクセス (Square, HopSkipJump, 転移) を持つ攻撃者。機密性: モデルに問い合わせ可能で、同じ分布のデータを持つ攻撃者。",
+        "Integrity: an attacker who can perturb inputs within the stated budgets, with white-box access to gradients (FGSM, PGD, ...) or to a decision tree's nodes (decision_tree), or query access only (Square, HopSkipJump, transfer). Confidentiality: an attacker who can query the model and holds data from the same distribution.",
+        "完全性: 記載した予算内で入力を摂動でき、勾配 (FGSM, PGD など) または決定木のノード (decision_tree) へのホワイトボックスアクセス、あるいはクエリのみのアクセス (Square, HopSkipJump, 転移) を持つ攻撃者。機密性: モデルに問い合わせ可能で、同じ分布のデータを持つ攻撃者。",
     ),
     "no_confidentiality": ("No confidentiality attack ran.", "機密性攻撃は実行されていません。"),
     "errors": ("Failed attack cells and defenses", "失敗した攻撃セルと防御"),

@@ -34,6 +34,11 @@ DATA = {
     "tabular": 'source = "csv"\npath = "tabular.csv"\nlabel_column = "label"\nscale = "minmax"\n',
     "image": 'source = "digits"\nmax_samples = 300\n',
 }
+# Beside the built-in model, one each attack can reach: a scikit-learn tree for attacks that read its nodes.
+MODELS = {
+    "tabular": '[[models]]\nname = "tree"\nkind = "skops"\npath = "tree.skops"\ntrusted_types = ["sklearn.tree._tree.Tree"]\n',
+    "image": "",
+}
 # Rows the runner adds to every cell, whatever the attack.
 RUNNER_METRICS = {"attack_seconds", "error"}
 
@@ -62,9 +67,20 @@ def _session(tmp_path: Path, kind: str, pieces: str) -> AuditSession:
         y = (x[:, 1] + 0.3 * x[:, 0] > 0.9).astype(int)
         lines = ["f0,f1,f2,f3,f4,label"] + [",".join(f"{v:.6f}" for v in row) + f",{label}" for row, label in zip(x, y)]
         write(tmp_path / "tabular.csv", "\n".join(lines) + "\n")
-    text = (f"seed = 0\n[data]\n{DATA[kind]}\n[[models]]\nname = \"model\"\nepochs = 3\n[evaluation]\nsamples = 8\n"
+        _save_tree(x, y, tmp_path / "tree.skops")
+    text = (f"seed = 0\n[data]\n{DATA[kind]}\n[[models]]\nname = \"model\"\nepochs = 3\n{MODELS[kind]}[evaluation]\nsamples = 8\n"
             f"[cache]\nenabled = false\n{pieces}")
     return AuditSession(load_config(write(tmp_path / "audit.toml", text)), None, Progress(True))
+
+
+def _save_tree(x: np.ndarray, y: np.ndarray, path: Path) -> None:
+    """A decision tree on the features as Kansa scales them, for attacks that read a tree's structure."""
+    skops = pytest.importorskip("skops.io")
+    from sklearn.tree import DecisionTreeClassifier
+
+    x = np.round(x, 6)  # as the CSV holds them
+    scaled = ((x - x.min(axis=0)) / (x.max(axis=0) - x.min(axis=0))).astype(np.float32)
+    skops.dump(DecisionTreeClassifier(max_depth=4, random_state=0).fit(scaled, y), path)
 
 
 def _table(header: str, name: str, cls: Any) -> str:
@@ -102,7 +118,10 @@ def _attack_cases() -> list[Any]:
 def test_every_attack_emits_what_it_declares_aligned_and_reproducible(tmp_path, name, kind):
     cls = ATTACKS[name]
     session = _session(tmp_path, kind, _table("attacks", name, cls))
-    task = Task("attack", session.config, None, "model", defense="none", attack=name, key="conformance")
+    attack = cls(**quick_values(cls.params))
+    model = next((m["name"] for m in session.config.models if attack.inapplicable(session.variant(m["name"], "none").target) is None), None)
+    assert model is not None, f"{name} applies to none of the battery's models"
+    task = Task("attack", session.config, None, model, defense="none", attack=name, key="conformance")
     first, second = run_attack_cell(session, task), run_attack_cell(session, task)
     assert first.record.status == "ok", first.rows
     emitted = {row["metric"] for row in first.rows} - RUNNER_METRICS

@@ -71,6 +71,7 @@ def test_plugin_attack_and_its_metric_are_listed(plugin_env):
     listed = kansa(plugin_env, "list")
     assert listed.returncode == 0, listed.stderr
     assert "confidence_gap" in listed.stdout and "(a plugin)" in listed.stdout
+    assert "  decision_tree  [integrity, structure]  " in listed.stdout and "  square  [integrity, scores, randomised]  " in listed.stdout
     metrics = kansa(plugin_env, "list", "--metrics")
     assert "| `confidence_gap` |" in metrics.stdout and "mean top-1 confidence on members minus on non-members" in metrics.stdout
 

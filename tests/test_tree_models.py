@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -280,6 +281,87 @@ def test_trusted_types_belong_to_skops_only():
         validate_model_config({"kind": "xgboost", "path": "m.json", "trusted_types": ["x"]}, where)
 
 
+# --- the exact attack on a decision tree ---------------------------------------------------------
+
+TREE_TYPE = ("sklearn.tree._tree.Tree",)
+
+
+def tree_target(model: Any, x: np.ndarray, tmp_path: Path, n_classes: int = 2) -> Any:
+    """A skops file of `model`, loaded and wrapped as Kansa audits it."""
+    save("skops", model, tmp_path / "model.skops")
+    loaded = load_model({"kind": "skops", "path": "model.skops", "trusted_types": list(TREE_TYPE)}, tmp_path, x[:8])
+    return as_target(loaded.module, x, n_classes)
+
+
+def as_target(module: torch.nn.Module, x: np.ndarray, n_classes: int) -> Any:
+    from audit.models import make_target
+
+    data = SimpleNamespace(input_shape=x.shape[1:], n_classes=n_classes, input_range=(0.0, 1.0))
+    return make_target(module, data, "probabilities", "team")
+
+
+def exact_flips(norm: str, target: Any, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kansa's attack: whether each correctly classified sample is flipped, and by how much in `norm`."""
+    from attacks.minimum_norm import DecisionTree
+
+    x_adv = DecisionTree(norm=norm).minimize(target, x, y)
+    size = np.abs(x_adv - x).max(axis=1) if norm == "inf" else np.linalg.norm(x_adv - x, axis=1)
+    return target.predict(x) == y, target.predict(x_adv) != y, size
+
+
+@pytest.mark.parametrize("norm", ["inf", "2"])
+def test_no_point_of_a_dense_grid_flips_a_tree_closer_than_the_decision_tree_attack(norm, iris, tmp_path):
+    """On two features the whole input square can be searched: the attack's point flips the tree, and no grid point nearer does."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = iris[0][:, 2:], iris[1]
+    target = tree_target(DecisionTreeClassifier(max_depth=5, random_state=0).fit(x, y), x, tmp_path, n_classes=3)
+    correct, flipped, size = exact_flips(norm, target, x, y)
+    assert flipped[correct].all()
+    axis = np.linspace(0, 1, 301, dtype=np.float32)
+    grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
+    grid_class = target.predict(grid)
+    for sample in np.flatnonzero(correct):
+        other = grid[grid_class != y[sample]] - x[sample]
+        nearest = (np.abs(other).max(axis=1) if norm == "inf" else np.linalg.norm(other, axis=1)).min()
+        assert size[sample] <= nearest + 1e-6, (sample, size[sample], nearest)
+
+
+def test_the_decision_tree_attack_is_at_least_as_strong_as_arts_on_every_sample(cancer, tmp_path):
+    """ART's DecisionTreeAttack (Papernot et al.) is the independent implementation: each of its flips is one the exact attack beats or ties."""
+    from art.attacks.evasion import DecisionTreeAttack
+    from art.estimators.classification.scikitlearn import ScikitlearnDecisionTreeClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = cancer
+    tree = DecisionTreeClassifier(max_depth=6, random_state=0).fit(x[:400], y[:400])
+    target = tree_target(tree, x, tmp_path)
+    correct, flipped, size = exact_flips("inf", target, x[400:], y[400:])
+    art_adv = DecisionTreeAttack(ScikitlearnDecisionTreeClassifier(tree, clip_values=(0, 1)), verbose=False).generate(x[400:])
+    art_flipped = correct & (tree.predict(art_adv) != y[400:])
+    art_size = np.abs(art_adv - x[400:]).max(axis=1)
+    assert art_flipped.sum() > 100 and flipped[art_flipped].all()
+    assert (size[art_flipped] <= art_size[art_flipped] + 1e-6).all()
+    assert np.median(size[art_flipped]) < np.median(art_size[art_flipped])
+
+
+def test_the_decision_tree_attack_applies_only_where_it_reads_one_tree(cancer, tmp_path):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    from attacks.minimum_norm import DecisionTree
+    from audit.models import normalized
+
+    x, y = cancer
+    attack = DecisionTree()
+    tree = tree_target(DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y), x, tmp_path)
+    assert attack.inapplicable(tree) is None
+    forest = tree_target(RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(x, y), x, tmp_path)
+    assert "team is a RandomForestClassifier" in attack.inapplicable(forest)
+    wrapped = normalized(tree.module.inner, {"mean": 0.5, "std": 2.0}, (30,), "team")  # a model that is no longer the tree
+    assert "has none to read" in attack.inapplicable(as_target(wrapped, x, 2))
+
+
 # --- end to end: the audit of an overfit XGBoost model with declared roles -----------------------
 
 # The 8 breast_cancer features that tell the classes apart least. On all 30, boosting is as confident on
@@ -378,3 +460,66 @@ def test_kansa_audits_an_overfit_xgboost_model_with_declared_roles(tmp_path):
     free = table[table["metric"] == "gradient_free"].iloc[0]
     assert free["value"] == 1 and "runs through xgboost" in free["message"] and "binary:logistic, 60 rounds" in free["message"]
     print(f"audit of the XGBoost model: {seconds:.1f} s")
+
+
+TREE_RUN = """
+[data]
+source = "csv"
+path = "cancer.csv"
+label_column = "diagnosis"
+scale = "minmax"
+[evaluation]
+samples = 80
+[history]
+enabled = false
+[[models]]
+name = "tree"
+kind = "skops"
+path = "tree.skops"
+trusted_types = ["sklearn.tree._tree.Tree"]
+[[models]]
+name = "forest"
+kind = "skops"
+path = "forest.skops"
+trusted_types = ["sklearn.tree._tree.Tree"]
+[[attacks]]
+name = "decision_tree"
+eps = [0.05, 0.1, 0.2]
+[[attacks]]
+name = "hopskipjump"
+norm = "inf"
+eps = [0.05, 0.1, 0.2]
+steps = 3
+max_queries = 50
+"""
+
+
+def test_kansa_audits_a_decision_tree_exactly_and_a_forest_without_the_tree_attack(tmp_path):
+    """The exact attack is the worst case: the ensemble equals it, and HopSkipJump never beats it."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    from audit import run_audit
+
+    data = load_breast_cancer(as_frame=True)
+    data.data.assign(diagnosis=data.target).to_csv(tmp_path / "cancer.csv", index=False)
+    x, y = minmax(data.data.to_numpy()), data.target.to_numpy()
+    save("skops", DecisionTreeClassifier(max_depth=6, random_state=0).fit(x, y), tmp_path / "tree.skops")
+    save("skops", RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0).fit(x, y), tmp_path / "forest.skops")
+    (tmp_path / "audit.toml").write_text(TREE_RUN, encoding="utf-8")
+    table = run_audit(tmp_path / "audit.toml", out_dir=tmp_path / "run").table
+    assert table[table["status"] == "error"].empty
+
+    def robust(model: str, attack: str) -> pd.Series:
+        rows = _rows(table[table["model"] == model], attack, "robust_accuracy")
+        return rows.set_index("param_value")["value"]
+
+    exact, hop, ensemble = robust("tree", "decision_tree"), robust("tree", "hopskipjump"), robust("tree", "ensemble")
+    assert list(exact.index) == [0.05, 0.1, 0.2] and (exact <= hop).all()
+    pd.testing.assert_series_equal(ensemble, exact, check_names=False)
+    assert exact.loc[0.2] < exact.loc[0.05]
+    forest = table[(table["model"] == "forest") & (table["attack"] == "decision_tree")]
+    assert (forest["status"] == "not_applicable").all() and "forest is a RandomForestClassifier" in forest.iloc[0]["message"]
+    assert len(robust("forest", "ensemble")) == 3  # the forest's gates rest on the attack that did apply
+    assert "decision_tree" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
