@@ -235,6 +235,6 @@ def finish_variant(session: AuditSession, task: Task) -> CellResult:
     return CellResult(task.key, record, finished + variant.probes + sanity)
 
 
-def waived(rows: list[dict[str, Any]], model: str, config: Config) -> list[dict[str, Any]]:
+def waived(rows: list[dict[str, Any]], model: str, defense: str, config: Config) -> list[dict[str, Any]]:
     """Waivers are applied when results are assembled, so editing one never re-runs a cell."""
-    return apply_waivers(rows, model, config.waivers)
+    return apply_waivers(rows, model, defense, config.waivers)

@@ -39,6 +39,7 @@ FLAGS = (*MASKING_FLAGS, RANDOMIZED)
 WAIVER_PARAMS = (
     Param("flag", Choice(FLAGS), doc="the sanity check to waive"),
     Param("model", Text(), "*", "model name, or * for every model"),
+    Param("defense", Text(), "*", 'defense id of the variant, "none" for the undefended one, or * for every variant'),
     Param("reason", Text(), doc="why the flag does not invalidate the numbers; shown in the report"),
 )
 CHECKS_PARAMS = (
@@ -64,14 +65,23 @@ def flag(check: str, flagged: bool, message: str, attack: str = "", eps: float |
     return row
 
 
-def apply_waivers(rows: list[dict[str, Any]], model: str, waivers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def apply_waivers(rows: list[dict[str, Any]], model: str, defense: str, waivers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The raised flags of one variant that a waiver names get status "waived" and the waiver's reason."""
     out = []
     for row in rows:
-        waiver = next((w for w in waivers if w["flag"] == row["metric"] and w["model"] in ("*", model)), None)
+        waiver = next((w for w in waivers if w["flag"] == row["metric"] and w["model"] in ("*", model) and w["defense"] in ("*", defense)), None)
         if waiver is not None and row["value"] == 1.0:
-            row = {**row, "status": "waived", "message": f"{row['message']} (waived: {waiver['reason']})"}
+            row = {**row, "status": "waived", "message": f"{row['message']}{WAIVED}{waiver['reason']})"}
         out.append(row)
     return out
+
+
+WAIVED = " (waived: "
+
+
+def waiver_reason(message: str) -> str:
+    """The reason a waived row's message ends with (see `apply_waivers`)."""
+    return message.rpartition(WAIVED)[2].removesuffix(")") if WAIVED in message else ""
 
 
 # --- probes that run before the attacks -------------------------------------------------------
@@ -205,7 +215,13 @@ def probe_convergence(target: "Target", x: np.ndarray, y: np.ndarray, table: pd.
     return rows
 
 
-def masking_flags(table: pd.DataFrame, model: str) -> pd.DataFrame:
-    """Unwaived masking flags raised on a model: they make its integrity gates inconclusive."""
-    sanity = table[(table["category"] == Category.SANITY) & (table["model"] == model) & (table["status"] == "ok")]
+def masking_flags(table: pd.DataFrame, model: str, defense: str | None = None, status: str = "ok") -> pd.DataFrame:
+    """Masking flags raised on one variant (every variant of `model` when `defense` is None).
+
+    Unwaived ones (`status` "ok") make that variant's integrity numbers unreliable: its gates are
+    inconclusive and the comparison leaves it off the Pareto front; `status = "waived"` gives those a waiver excused.
+    """
+    sanity = table[(table["category"] == Category.SANITY) & (table["model"] == model) & (table["status"] == status)]
+    if defense is not None:
+        sanity = sanity[sanity["defense"] == defense]
     return sanity[sanity["metric"].isin(MASKING_FLAGS) & (sanity["value"] == 1.0)]

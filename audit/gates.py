@@ -18,6 +18,7 @@ from attacks.base import ENSEMBLE
 from audit.checks import masking_flags
 from audit.metrics import Category, Direction, metric_info
 from audit.params import REQUIRED, Choice, Flag, Location, Number, Param, ParamSet, Text, optional_tables
+from audit.results import variant_label
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 SEVERITY = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
@@ -180,7 +181,7 @@ def _key(row: pd.Series) -> tuple[Any, ...]:
 def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: pd.DataFrame | None = None) -> pd.DataFrame:
     """One verdict row per (gate, selected result row); a gate that selects nothing gets one inconclusive row."""
     base_index = {_key(r): r for _, r in baseline.iterrows()} if baseline is not None else {}
-    flags_by_model: dict[str, pd.DataFrame] = {}  # computed once per model, not once per check
+    flags_by_variant: dict[tuple[str, str], pd.DataFrame] = {}  # computed once per variant, not once per check
     out: list[dict[str, Any]] = []
     for spec in gates:
         gate = Gate(**spec)
@@ -196,13 +197,14 @@ def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: p
         for _, row in rows.iterrows():
             where = {c: row[c] for c in ("model", "defense", "attack", "param_value", "subset")}
             measured = {"value": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"], "n": int(row["n"])}
-            if row["category"] == Category.INTEGRITY and row["model"] not in flags_by_model:
-                flags_by_model[row["model"]] = masking_flags(table, row["model"])
-            flags = flags_by_model[row["model"]] if row["category"] == Category.INTEGRITY else pd.DataFrame()
+            variant = (row["model"], row["defense"])
+            if row["category"] == Category.INTEGRITY and variant not in flags_by_variant:
+                flags_by_variant[variant] = masking_flags(table, *variant)
+            flags = flags_by_variant[variant] if row["category"] == Category.INTEGRITY else pd.DataFrame()
             if not flags.empty:
                 first = flags.iloc[0]
                 verdict, reason = INCONCLUSIVE, (
-                    f"sanity check {first['metric']} flagged on {row['model']} ({first['message']}); "
+                    f"sanity check {first['metric']} flagged on {variant_label(*variant)} ({first['message']}); "
                     "its robustness numbers may reflect masked gradients (waive with [[waivers]] and a reason)"
                 )
             elif math.isnan(row["value"]):

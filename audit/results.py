@@ -67,6 +67,11 @@ def error_row(message: str, **where: Any) -> dict[str, Any]:
     return {"metric": "error", "status": "error", "message": message, **where}
 
 
+def variant_label(model: str, defense: str) -> str:
+    """How a model variant is named in reports and verdicts: the model alone as trained, `model / defense` when defended."""
+    return model if defense == UNDEFENDED else f"{model} / {defense}"
+
+
 def not_applicable_row(message: str, **where: Any) -> dict[str, Any]:
     """A cell that cannot apply to this model (e.g. a gradient attack on a model without gradients): visible, and no error."""
     return {"metric": "not_applicable", "status": "not_applicable", "message": message, **where}

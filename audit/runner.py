@@ -249,7 +249,7 @@ def assemble(plan: Plan, session: AuditSession, executed: Executed) -> Assembled
             out.cells.append(replace(cell.record, key=cell.key, resumed=cell.resumed))
             if cell.record.status == "ok":
                 out.artifacts[Path(cell.record.artifact).stem] = cell.arrays
-        out.rows += [{**row, **where} for row in waived(executed.finished[(model, defense)].rows, model, config)]
+        out.rows += [{**row, **where} for row in waived(executed.finished[(model, defense)].rows, model, defense, config)]
     return out
 
 

@@ -19,16 +19,18 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
 
+from attacks.base import ENSEMBLE
+from audit.checks import masking_flags, waiver_reason
 from audit.errors import KansaError
 from audit.files import write_text_atomic
 from audit.metrics import Category
-from audit.results import UNDEFENDED, AuditResult, DefenseRecord, RunMetadata
-from reports.queries import variant_label
+from audit.results import UNDEFENDED, AuditResult, DefenseRecord, RunMetadata, variant_label
+from reports.i18n import translator
 
 SCHEMA = "kansa.comparison/1"
 KEYS = ("run", "model", "defense")
@@ -41,7 +43,11 @@ MIA_TPR = "membership_tpr@fpr=0.01"
 MIA_TPR_ATTACK = "membership_tpr_attack"
 ATTACK_OF = {MIA_AUC: MIA_AUC_ATTACK, MIA_TPR: MIA_TPR_ATTACK}  # which attack reached the reported best
 COSTS = ("size_bytes", "nonzero_parameters", "training_seconds", "inference_ms_per_sample")
-DETAILS, FAILED, PARETO = "defense_details", "failed", "pareto"
+DETAILS, FAILED, PARETO, PARETO_NOTE = "defense_details", "failed", "pareto", "pareto_note"
+# What makes a variant's numbers unreliable: unwaived sanity flags (its robust accuracy), errored integrity
+# attacks (its worst case over attacks) and errored membership attacks (its strongest membership attack).
+FLAGS, WAIVED, FAILED_INTEGRITY, FAILED_MEMBERSHIP = "flags", "waived", "failed_integrity", "failed_membership"
+TEXT_COLUMNS = (MIA_AUC_ATTACK, MIA_TPR_ATTACK, DETAILS, FLAGS, WAIVED, FAILED, FAILED_INTEGRITY, FAILED_MEMBERSHIP)
 DELTA = "_delta"
 
 _ROBUST = re.compile(r"robust_accuracy\[(?P<attack>.+)@(?P<eps>[^@\]]+)\]")
@@ -112,7 +118,24 @@ def _failed(rows: pd.DataFrame) -> str:
     return ", ".join(dict.fromkeys(str(r["attack"] or r["category"] or "?") for _, r in rows.iterrows()))
 
 
-def _variant_line(rows: pd.DataFrame, declared: DefenseRecord | None) -> dict[str, Any]:
+def _flag_names(flags: pd.DataFrame, waived: bool = False) -> str:
+    """Raised sanity flags as `check (attack at eps)`, each once; for waived flags, the waiver's reason."""
+    names = []
+    for _, row in flags.iterrows():
+        where = " at ".join(str(part) for part in (row["attack"], f"eps {row['param_value']:g}" if pd.notna(row["param_value"]) else "") if part)
+        names.append(row["metric"] + (f" ({where})" if where else "") + (f": {waiver_reason(row['message'])}" if waived else ""))
+    return "; ".join(dict.fromkeys(names))
+
+
+def membership_attacks(metadata: RunMetadata) -> set[str]:
+    """The ids of a run's attacks that write a membership AUC (an unknown plugin's id counts, to fail closed)."""
+    from attacks import registry
+
+    known = registry()
+    return {a["id"] for a in metadata.config.get("attacks", []) if a["name"] not in known or "auc" in known[a["name"]].emits}
+
+
+def _variant_line(rows: pd.DataFrame, declared: DefenseRecord | None, membership: Collection[str] | None) -> dict[str, Any]:
     ok = _ok(rows)
     clean = ok[(ok["category"] == Category.PERFORMANCE) & (ok["metric"] == "accuracy") & (ok["subset"] == "split=test")]
     line: dict[str, Any] = {CLEAN: _first_value(clean, "accuracy")}
@@ -127,7 +150,15 @@ def _variant_line(rows: pd.DataFrame, declared: DefenseRecord | None) -> dict[st
     for metric in COSTS:
         line[metric] = _first_value(cost, metric)
     line[DETAILS] = _defense_details(ok[ok["category"] == Category.DEFENSE], declared)
-    line[FAILED] = _failed(rows[rows["status"] == "error"])
+    errors = rows[rows["status"] == "error"]
+    line[FAILED] = _failed(errors)
+    line[FAILED_INTEGRITY] = _failed(errors[errors["category"] == Category.INTEGRITY])
+    privacy_errors = errors[errors["category"] == Category.CONFIDENTIALITY]
+    line[FAILED_MEMBERSHIP] = _failed(privacy_errors if membership is None else privacy_errors[privacy_errors["attack"].isin(membership)])
+    if len(rows):
+        model, defense = rows["model"].iloc[0], rows["defense"].iloc[0]
+        line[FLAGS] = _flag_names(masking_flags(rows, model, defense))
+        line[WAIVED] = _flag_names(masking_flags(rows, model, defense, status="waived"), waived=True)
     return line
 
 
@@ -143,7 +174,8 @@ def _ordered(comparison: pd.DataFrame) -> pd.DataFrame:
     columns = [k for k in KEYS if k in comparison]
     for column in [CLEAN, *robust, MIA_AUC, MIA_TPR, *COSTS]:
         columns += [column, column + DELTA] + ([ATTACK_OF[column]] if column in ATTACK_OF else [])
-    columns += [DETAILS, FAILED] + ([PARETO] if PARETO in comparison else [])
+    columns += [DETAILS, FLAGS, WAIVED, FAILED, FAILED_INTEGRITY, FAILED_MEMBERSHIP]
+    columns += [c for c in (PARETO, PARETO_NOTE) if c in comparison]
     return comparison[columns]
 
 
@@ -158,24 +190,26 @@ def _add_deltas(comparison: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def comparison_table(table: pd.DataFrame, defenses: Sequence[DefenseRecord] = (), run: str | None = None) -> pd.DataFrame:
+def comparison_table(table: pd.DataFrame, defenses: Sequence[DefenseRecord] = (), run: str | None = None,
+                     membership: Collection[str] | None = None) -> pd.DataFrame:
     """One row per (model, defense) of a results table, with the change of every number against the model's baseline.
 
     `defenses` (a run's declarations, optional) names the defenses; `run` adds a leading `run`
-    column, for combining several runs with `combine`.
+    column, for combining several runs with `combine`. `membership` (see `membership_attacks`) is
+    which attack ids write a membership AUC; without it every errored confidentiality attack
+    counts as one, so an error never goes unnoticed.
     """
     declared = {d.id: d for d in defenses}
     lines = []
     for model, defense in _variants(table):
         rows = table[(table["model"] == model) & (table["defense"] == defense)]
         lines.append({**({"run": run} if run is not None else {}), "model": model, "defense": defense,
-                      **_variant_line(rows, declared.get(defense))})
+                      **_variant_line(rows, declared.get(defense), membership)})
     comparison = pd.DataFrame(lines) if lines else pd.DataFrame(columns=[k for k in KEYS if run is not None or k != "run"])
     for column in value_columns(comparison):
         comparison[column] = comparison[column].astype("float64") if column in comparison else math.nan
-    for column in (MIA_AUC_ATTACK, MIA_TPR_ATTACK, DETAILS, FAILED):
-        if column not in comparison:
-            comparison[column] = ""
+    for column in TEXT_COLUMNS:
+        comparison[column] = comparison[column].fillna("") if column in comparison else ""
     return _ordered(_add_deltas(comparison))
 
 
@@ -192,10 +226,53 @@ def combine(comparisons: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Axes:
-    """The objectives of the Pareto front: robust accuracy at one column, and whether privacy leakage counts."""
+    """The objectives of the Pareto front: robust accuracy at one column, and whether privacy leakage counts.
+
+    `without_privacy` names the variants that have no membership AUC when some others have one:
+    then leakage is no objective, and the page says for whom it is missing.
+    """
 
     robust: str | None
     privacy: bool
+    without_privacy: tuple[str, ...] = ()
+
+    @property
+    def objectives(self) -> list[str]:
+        return [CLEAN] + ([self.robust] if self.robust else []) + ([MIA_AUC] if self.privacy else [])
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Why a variant is left off the Pareto front: an objective without a value (`missing`), or with one
+    its own run distrusts: robust accuracy under unwaived sanity flags (`flagged`), or a worst case or
+    strongest attack that misses attacks which errored (`errored`). A left-out variant is not judged,
+    and judges no other: an unreliable number must not push an honest one off the front."""
+
+    kind: str
+    objective: str
+    detail: str = ""
+
+    def text(self, t: Callable[..., str]) -> str:
+        return t(f"cmp_out_{self.kind}", objective=row_label(self.objective, t), detail=self.detail)
+
+
+def exclusions(comparison: pd.DataFrame, axes: Axes) -> list[list[Exclusion]]:
+    """Per variant (in table order) why it is left off the front; an empty list when it is judged."""
+    out = []
+    for _, row in comparison.iterrows():
+        reasons = []
+        for objective in axes.objectives:
+            if math.isnan(row[objective]):
+                reasons.append(Exclusion("missing", objective))
+            elif objective == MIA_AUC and row[FAILED_MEMBERSHIP]:
+                reasons.append(Exclusion("errored", objective, row[FAILED_MEMBERSHIP]))
+            elif objective == axes.robust:
+                if row[FLAGS]:
+                    reasons.append(Exclusion("flagged", objective, row[FLAGS]))
+                if parse_robust_column(objective)[0] in ENSEMBLE.values() and row[FAILED_INTEGRITY]:
+                    reasons.append(Exclusion("errored", objective, row[FAILED_INTEGRITY]))
+        out.append(reasons)
+    return out
 
 
 def default_robust_column(comparison: pd.DataFrame) -> str | None:
@@ -223,9 +300,11 @@ def resolve_axes(comparison: pd.DataFrame, robust: str | None = None, privacy: b
         available = ", ".join(robust_columns(comparison)) or "none"
         raise KansaError(f"no robust-accuracy column {robust!r} in the comparison (available: {available})")
     robust = robust if robust is not None else default_robust_column(comparison)
+    measured = comparison[MIA_AUC].notna()
+    without = tuple(variant_name(r, True) for _, r in comparison[~measured].iterrows()) if measured.any() else ()
     if privacy is None:
-        privacy = bool(len(comparison)) and bool(comparison[MIA_AUC].notna().all())
-    return Axes(robust, privacy)
+        privacy = bool(len(comparison)) and bool(measured.all())
+    return Axes(robust, privacy, () if privacy else without)
 
 
 def pareto_front(comparison: pd.DataFrame, robust: str | None = None, privacy: bool | None = None) -> pd.Series:
@@ -233,16 +312,12 @@ def pareto_front(comparison: pd.DataFrame, robust: str | None = None, privacy: b
 
     Objectives: clean accuracy and robust accuracy at `robust` (maximised), the best membership
     AUC (minimised) when `privacy`. Identical variants do not dominate each other, so both stay
-    on the front. A variant missing an objective is not judged (<NA>), nor used to judge others.
+    on the front. A variant with an `exclusions` reason is not judged (<NA>), nor used to judge others.
     """
     axes = resolve_axes(comparison, robust, privacy)
-    columns = [CLEAN] + ([axes.robust] if axes.robust else [])
-    signs = [1.0] * len(columns)
-    if axes.privacy:
-        columns.append(MIA_AUC)
-        signs.append(-1.0)
-    points = comparison[columns].to_numpy(dtype=np.float64) * np.array(signs)
-    judged = np.isfinite(points).all(axis=1)
+    signs = [-1.0 if column == MIA_AUC else 1.0 for column in axes.objectives]
+    points = comparison[axes.objectives].to_numpy(dtype=np.float64) * np.array(signs)
+    judged = np.array([not reasons for reasons in exclusions(comparison, axes)], dtype=bool)
     front = pd.Series(pd.array([pd.NA] * len(comparison), dtype="boolean"), index=comparison.index, name=PARETO)
     candidates = points[judged]
     for position in np.flatnonzero(judged):
@@ -326,9 +401,11 @@ def row_label(column: str, t: Callable[..., str]) -> str:
 
 
 def with_front(comparison: pd.DataFrame, robust: str | None = None) -> tuple[pd.DataFrame, Axes]:
-    """The table with its `pareto` column, and the objectives that column was judged on."""
+    """The table with its `pareto` and `pareto_note` (why a variant was left out) columns, and the objectives judged on."""
     axes = resolve_axes(comparison, robust)
-    return comparison.assign(**{PARETO: pareto_front(comparison, axes.robust, axes.privacy)}), axes
+    t = translator("en")
+    notes = ["; ".join(reason.text(t) for reason in reasons) for reasons in exclusions(comparison, axes)]
+    return comparison.assign(**{PARETO: pareto_front(comparison, axes.robust, axes.privacy), PARETO_NOTE: notes}), axes
 
 
 def _json_value(value: Any) -> Any:
@@ -342,7 +419,7 @@ def comparison_json(comparison: pd.DataFrame, axes: Axes, runs: list[dict[str, A
     document = {
         "schema": SCHEMA,
         "runs": runs,
-        "pareto": {"objectives": [CLEAN] + ([axes.robust] if axes.robust else []) + ([MIA_AUC] if axes.privacy else [])},
+        "pareto": {"objectives": axes.objectives, "without_membership_auc": list(axes.without_privacy)},
         "rows": [{k: _json_value(v) for k, v in row.items()} for row in comparison.to_dict(orient="records")],
     }
     return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
@@ -360,7 +437,7 @@ def write_comparison(comparison: pd.DataFrame, out_dir: Path, runs: list[dict[st
 def comparison_of(result: AuditResult) -> pd.DataFrame:
     """The run's defense comparison: computed on first use and kept, so every output of one run shows the same table."""
     if result.comparison is None:
-        result.comparison = comparison_table(result.table, result.metadata.defenses)
+        result.comparison = comparison_table(result.table, result.metadata.defenses, membership=membership_attacks(result.metadata))
     return result.comparison
 
 

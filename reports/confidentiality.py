@@ -16,10 +16,9 @@ import numpy as np
 import pandas as pd
 
 from audit.metrics import Category, metric_info, panel_of
-from audit.results import AuditResult, RunMetadata
+from audit.results import AuditResult, RunMetadata, variant_label
 from reports import figures
 from reports.formatting import fmt_ci, shown_with_interval
-from reports.queries import variant_label
 
 
 def _fmt_ci(row: pd.Series | None) -> str:

@@ -269,12 +269,14 @@ def trade_off(
     robust_label: str,
     leakage_label: str,
     front_label: str,
+    left_out: np.ndarray | None = None,
 ) -> str:
     """Clean vs robust accuracy per variant, coloured by privacy leakage, with the Pareto front ringed.
 
     `front` (ringed) may count privacy too, and then does not lie on one curve in this plane; the
     dashed line joins `frontier`, the variants no other beats on both plotted accuracies.
-    Variants without a leakage value are drawn hollow rather than given a colour.
+    Variants without a leakage value are drawn hollow rather than given a colour; `left_out`
+    ones (numbers their run distrusts, or missing objectives) are crossed out.
     """
     fig = _figure(6.4, 4.4)
     ax = fig.add_subplot()
@@ -291,6 +293,9 @@ def trade_off(
     if (~known).any():
         ax.scatter(clean[~known], robust[~known], s=70, facecolors="white", edgecolors="black", linewidths=0.8, zorder=3,
                    label="no membership result" if leakage is not None else None)
+    if left_out is not None and left_out.any():
+        ax.scatter(clean[left_out], robust[left_out], marker="x", s=140, color="tab:red", linewidths=1.8, zorder=4,
+                   label="left out of the front (see the table)")
     for label, x, y in zip(labels, clean, robust):
         ax.annotate(_plain(label), (x, y), xytext=(6, 5), textcoords="offset points", fontsize=7)
     ax.set_xlim(max(0.0, float(clean.min()) - 0.05), 1.02)

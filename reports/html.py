@@ -20,13 +20,13 @@ from attacks import registry
 from audit.files import write_text_atomic
 from audit.gates import overall_verdict
 from audit.metrics import CHARACTERISTICS, Category, metric_info, panel_of
-from audit.results import AuditResult
+from audit.results import AuditResult, variant_label
 from reports import figures
 from reports.comparison import comparison_of, has_defenses
 from reports.confidentiality import build_confidentiality
 from reports.formatting import fmt, fmt_ci
 from reports.junit import case_name
-from reports.queries import headline, variant_label
+from reports.queries import headline
 from reports.scorecard import Run, build_run, gate_characteristic, traffic_light
 from reports.templating import template_environment
 from reports.trade_offs import comparison_context

@@ -232,7 +232,20 @@ TEXT: dict[str, tuple[str, str]] = {
     ),
     "cmp_figure_alt": ("trade-off between clean and robust accuracy per model and defense", "モデルと防御ごとの通常正解率と頑健正解率のトレードオフ"),
     "cmp_front": ("Pareto front (no other variant is at least as good on every objective and better on one; objectives: {objectives}):", "パレートフロント (他のどのバリアントにも全目的で同等以上かつ一つで上回られないもの。目的: {objectives}):"),
-    "cmp_unjudged": ("Not judged for the front (an objective was not measured):", "パレートフロントの判定対象外 (目的のいずれかが未測定):"),
+    "cmp_left_out": (
+        "Left out of the front (not judged, and judging no other variant):",
+        "パレートフロントの判定から除外 (判定されず、他のバリアントの判定にも使われません):",
+    ),
+    "cmp_out_missing": ("no value for {objective}", "{objective} の値がありません"),
+    "cmp_out_flagged": ("{objective} is flagged by sanity checks: {detail}", "{objective} にサニティチェックのフラグ: {detail}"),
+    "cmp_out_errored": ("{objective} misses attacks that failed: {detail}", "{objective} は失敗した攻撃を含みません: {detail}"),
+    "cmp_without_privacy": (
+        "Membership AUC is not an objective, because these variants have none: {variants}.",
+        "次のバリアントにメンバーシップ AUC がないため、目的に含めていません: {variants}。",
+    ),
+    "cmp_flags": ("Sanity flags", "サニティチェックのフラグ"),
+    "cmp_waived": ("waived", "免除"),
+    "cmp_flagged_marker": ("flagged", "フラグあり"),
     "cmp_pareto": ("On the Pareto front", "パレートフロント上"),
     "cmp_failed": ("failed cells:", "失敗したセル:"),
     "cmp_note": (

@@ -12,11 +12,24 @@ from pathlib import Path
 from audit.files import write_text_atomic
 from audit.gates import FAIL, INCONCLUSIVE, PASS, SEVERITY, overall_verdict
 from audit.metrics import CHARACTERISTICS
-from audit.results import AuditResult
-from reports.comparison import CLEAN, MIA_AUC, MIA_AUC_ATTACK, comparison_of, delta_text, format_value, front_text, has_defenses, pareto_front, resolve_axes, row_label
+from audit.results import AuditResult, variant_label
+from reports.comparison import (
+    CLEAN,
+    MIA_AUC,
+    MIA_AUC_ATTACK,
+    comparison_of,
+    delta_text,
+    exclusions,
+    format_value,
+    front_text,
+    has_defenses,
+    pareto_front,
+    resolve_axes,
+    row_label,
+)
 from reports.i18n import translator
 from reports.junit import case_name
-from reports.queries import headline, variant_label
+from reports.queries import headline
 from reports.scorecard import build_run, traffic_light
 
 LIGHTS = {"red": "🔴", "amber": "🟠", "grey": "⚪", "green": "🟢"}
@@ -78,6 +91,7 @@ def _trade_offs(result: AuditResult) -> list[str]:
     t = translator("en")
     axes = resolve_axes(comparison)
     front = pareto_front(comparison, axes.robust, axes.privacy)
+    reasons = dict(zip(comparison.index, exclusions(comparison, axes)))
     columns = [c for c in (CLEAN, axes.robust, MIA_AUC, "size_bytes", "inference_ms_per_sample") if c and comparison[c].notna().any()]
     lines = ["### Defenses and trade-offs", "", "| model | defense | " + " | ".join(escape(row_label(c, t)) for c in columns) + " | Pareto front |",
              "| --- | --- | " + "--- | " * len(columns) + "--- |"]
@@ -86,8 +100,12 @@ def _trade_offs(result: AuditResult) -> list[str]:
         for column in columns:
             notes = [text for text in (delta_text(row, column, t), escape(row[MIA_AUC_ATTACK]) if column == MIA_AUC else "") if text]
             cells.append(format_value(column, row[column]) + (f" ({'; '.join(notes)})" if notes else ""))
-        lines.append(f"| {escape(row['model'])} | {escape(row['defense'])} | " + " | ".join(cells) + f" | {front_text(front.loc[index], t)} |")
-    lines += ["", "Changes are against the same model's `none` variant; every number is in comparison.csv.", ""]
+        left_out = "; ".join(reason.text(t) for reason in reasons[index])
+        pareto = front_text(front.loc[index], t) + (f" (left out: {escape(left_out)})" if left_out else "")
+        lines.append(f"| {escape(row['model'])} | {escape(row['defense'])} | " + " | ".join(cells) + f" | {pareto} |")
+    lines += [""] + ([escape(t("cmp_without_privacy", variants=", ".join(axes.without_privacy))), ""] if axes.without_privacy else [])
+    lines += ["Changes are against the same model's `none` variant; every number is in comparison.csv. A variant left out of the Pareto "
+              "front is neither on it nor used to judge others.", ""]
     return lines
 
 

@@ -6,12 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from audit.results import UNDEFENDED
-
-
-def variant_label(model: str, defense: str) -> str:
-    """How a model variant is named in the report: the model alone as trained, `model / defense` when defended."""
-    return model if defense == UNDEFENDED else f"{model} / {defense}"
+from audit.results import variant_label
 
 
 def headline(table: pd.DataFrame) -> list[dict[str, Any]]:

@@ -20,13 +20,17 @@ from reports.comparison import (
     CLEAN,
     DETAILS,
     FAILED,
+    FLAGS,
     MIA_AUC,
+    WAIVED,
     Axes,
     combine,
     comparison_table,
     delta_text,
+    exclusions,
     format_value,
     front_text,
+    membership_attacks,
     on_front,
     pareto_front,
     parse_robust_column,
@@ -42,7 +46,10 @@ from reports.templating import template_environment
 
 
 def trade_off_figure(comparison: pd.DataFrame, front: pd.Series, axes: Axes, with_run: bool = False) -> str | None:
-    """The trade-off plot of the variants with both accuracies, or None when there is no robust column."""
+    """The trade-off plot of the variants with both accuracies, or None when there is no robust column.
+
+    Variants left off the front are crossed out, so a flagged number cannot read as the best one.
+    """
     if axes.robust is None:
         return None
     shown = comparison[comparison[CLEAN].notna() & comparison[axes.robust].notna()]
@@ -57,6 +64,7 @@ def trade_off_figure(comparison: pd.DataFrame, front: pd.Series, axes: Axes, wit
         leakage=leakage if np.isfinite(leakage).any() else None,
         front=front.loc[shown.index].fillna(False).to_numpy(dtype=bool),
         frontier=pareto_front(shown, axes.robust, privacy=False).fillna(False).to_numpy(dtype=bool),
+        left_out=np.array([bool(reasons) for reasons in exclusions(shown, axes)], dtype=bool),
         robust_label=f"robust accuracy ({attack}, eps {eps:g})",
         leakage_label="best membership AUC (lower is better)",
         front_label="Pareto front" + (" (with membership AUC)" if axes.privacy else ""),
@@ -67,6 +75,7 @@ def comparison_context(comparison: pd.DataFrame, t: Callable[..., str], robust: 
     """What templates/sections/defenses.html.j2 shows: the plot, the front, and per model a table of variants."""
     axes = resolve_axes(comparison, robust)
     front = pareto_front(comparison, axes.robust, axes.privacy)
+    reasons = dict(zip(comparison.index, exclusions(comparison, axes)))
     with_run = "run" in comparison and comparison["run"].nunique() > 1
     groups = []
     for key, rows in comparison.groupby([k for k in ("run", "model") if k in comparison], sort=False):
@@ -84,21 +93,24 @@ def comparison_context(comparison: pd.DataFrame, t: Callable[..., str], robust: 
                 cells.append({"value": text, "delta": delta_text(r, column, t)})
             lines.append({"label": row_label(column, t), "cells": cells, "key": column == axes.robust})
         pareto = [front_text(v, t) for v in front.loc[rows.index]]
+        flags = [r[FLAGS] or (f"{t('cmp_waived')}: {r[WAIVED]}" if r[WAIVED] else "–") for _, r in rows.iterrows()]
         groups.append({
             "title": title,
-            "variants": [{"name": d, "baseline": d == UNDEFENDED} for d in rows["defense"]],
+            "variants": [{"name": r["defense"], "baseline": r["defense"] == UNDEFENDED, "flagged": bool(r[FLAGS])} for _, r in rows.iterrows()],
             "lines": lines,
+            "flags": flags if (rows[FLAGS] != "").any() or (rows[WAIVED] != "").any() else None,
             "pareto": pareto,
             "details": [{"defense": r["defense"], "text": r[DETAILS]} for _, r in rows.iterrows() if r[DETAILS]],
             "failed": [{"defense": r["defense"], "text": r[FAILED]} for _, r in rows.iterrows() if r[FAILED]],
         })
-    unjudged = [variant_name(r, with_run) for i, r in comparison.iterrows() if on_front(front.loc[i]) is None]
-    objectives = [t("cmp_clean_accuracy")] + ([row_label(axes.robust, t)] if axes.robust else []) + ([t("cmp_membership_auc")] if axes.privacy else [])
+    left_out = [{"name": variant_name(r, with_run), "why": "; ".join(reason.text(t) for reason in reasons[i])}
+                for i, r in comparison.iterrows() if reasons[i]]
     return {
         "figure": trade_off_figure(comparison, front, axes, with_run),
-        "objectives": objectives,
+        "objectives": [row_label(objective, t) for objective in axes.objectives],
+        "without_privacy": t("cmp_without_privacy", variants=", ".join(axes.without_privacy)) if axes.without_privacy else "",
         "front": [variant_name(r, with_run) for i, r in comparison.iterrows() if on_front(front.loc[i])],
-        "unjudged": unjudged,
+        "left_out": left_out,
         "groups": groups,
     }
 
@@ -122,7 +134,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: Path, lang: str = "en"
     """`kansa compare`: the combined table, its Pareto front and plot from several finished runs, written to `out_dir`."""
     loaded = [load_results(d) for d in run_dirs]
     labels = _labels([Path(d) for d in run_dirs], [meta.run_id for _, meta in loaded])
-    combined = combine([comparison_table(table, meta.defenses, run=label) for (table, meta), label in zip(loaded, labels)])
+    combined = combine([comparison_table(table, meta.defenses, run=label, membership=membership_attacks(meta))
+                        for (table, meta), label in zip(loaded, labels)])
     runs = [run_reference(meta, label, Path(d)) for (_, meta), label, d in zip(loaded, labels, run_dirs)]
     resolve_axes(combined, robust)  # a bad --robust is an input error before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from audit.cli import main
 from audit.results import AuditResult, DefenseRecord, make_table
@@ -25,11 +26,12 @@ from reports.comparison import (
     default_robust_column,
     pareto_front,
     robust_column,
+    with_front,
 )
 from reports.html import render_html
 from reports.tabular import results_json
 from reports.trade_offs import render_comparison_html
-from tests.conftest import run_metadata
+from tests.conftest import run_metadata, write
 
 PGD, ENS = robust_column("pgd", 0.1), robust_column("ensemble", 0.1)
 
@@ -308,3 +310,152 @@ def test_kansa_compare_input_errors_are_one_line(tmp_path, capsys):
     assert "no robust-accuracy column" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
+
+
+# --- unreliable numbers never reach the front --------------------------------------------------
+
+
+def sanity_flag(model: str, defense: str, check: str, status: str = "ok", message: str = "a zero input gradient on 40% of samples") -> dict[str, Any]:
+    return {"model": model, "defense": defense, "category": "sanity", "metric": check, "value": 1.0, "status": status, "message": message}
+
+
+def masked_trio(*extra: dict[str, Any]) -> pd.DataFrame:
+    """A baseline, an honest defense, and a variant whose best robust accuracy stands on masked gradients."""
+    rows = variant("m", "none", 0.95, {("ensemble", 0.1): 0.10, ("pgd", 0.1): 0.12})
+    rows += variant("m", "masked", 0.94, {("ensemble", 0.1): 0.60, ("pgd", 0.1): 0.62})  # would dominate "honest"
+    rows += variant("m", "honest", 0.90, {("ensemble", 0.1): 0.30, ("pgd", 0.1): 0.31})
+    rows.append({"model": "m", "defense": "none", "category": "sanity", "metric": "vanishing_gradients", "value": 0.0, "message": "none"})
+    return make_table(rows + list(extra))
+
+
+def front_by_defense(comparison: pd.DataFrame, **kwargs: Any) -> dict[str, bool | None]:
+    return {d: (None if s is pd.NA else bool(s)) for d, s in zip(comparison["defense"], pareto_front(comparison, **kwargs))}
+
+
+def test_a_flagged_variant_with_the_best_robust_accuracy_is_left_off_the_front_and_marked_everywhere(tmp_path, monkeypatch):
+    from reports import figures
+    from reports.comparison import write_comparison
+    from reports.markdown import summary_markdown
+
+    comparison = comparison_table(masked_trio(sanity_flag("m", "masked", "vanishing_gradients"),
+                                              sanity_flag("m", "masked", "black_box_stronger_than_white_box") | {"attack": "square", "param_value": 0.1}))
+    assert front_by_defense(comparison) == {"none": True, "masked": None, "honest": True}  # honest is no longer dominated
+    masked = line(comparison, "m", "masked")
+    assert masked["flags"] == "vanishing_gradients; black_box_stronger_than_white_box (square at eps 0.1)"
+    assert line(comparison, "m", "none")["flags"] == "" and line(comparison, "m", "honest")["flags"] == ""
+
+    paths = write_comparison(comparison, tmp_path, [])
+    saved = pd.read_csv(paths["comparison_csv"], keep_default_na=False).set_index("defense")
+    assert saved.loc["masked", "pareto"] == "" and saved.loc["honest", "pareto"] == "True"
+    assert saved.loc["masked", "pareto_note"].startswith("Robust accuracy, ensemble at eps 0.1 is flagged by sanity checks: vanishing_gradients")
+    document = json.loads(paths["comparison_json"].read_text())
+    assert [r["pareto"] for r in document["rows"]] == [True, None, True]
+
+    captured = {}
+    monkeypatch.setattr(figures, "trade_off", lambda **kwargs: captured.update(kwargs) or "data:image/png;base64,")
+    html = render_comparison_html(comparison, [], "en")
+    assert list(captured["left_out"]) == [False, True, False] and list(captured["front"]) == [True, False, True]
+    assert "⚠ flagged" in html and "Left out of the front" in html and "is flagged by sanity checks: vanishing_gradients" in html
+    front_line = re.search(r"\): <strong>([^<]*)</strong>", html)
+    assert front_line and front_line.group(1) == "m, m / honest"
+
+    summary = summary_markdown(AuditResult(table=masked_trio(sanity_flag("m", "masked", "vanishing_gradients")), metadata=run_metadata()))
+    (masked_row,) = [r for r in summary.splitlines() if r.startswith("| m | masked |")]
+    assert "left out: Robust accuracy, ensemble at eps 0.1 is flagged by sanity checks: vanishing\\_gradients" in masked_row
+
+
+def test_a_waived_flag_keeps_the_variant_eligible_and_shows_the_waivers_reason():
+    flag = sanity_flag("m", "masked", "vanishing_gradients", "waived", "a zero gradient (waived: ReLU6 saturation; Square agrees)")
+    comparison = comparison_table(masked_trio(flag))
+    assert front_by_defense(comparison) == {"none": True, "masked": True, "honest": False}
+    masked = line(comparison, "m", "masked")
+    assert masked["flags"] == "" and masked["waived"] == "vanishing_gradients: ReLU6 saturation; Square agrees"
+    html = render_comparison_html(comparison, [], "en")
+    assert "waived: vanishing_gradients: ReLU6 saturation; Square agrees" in html and "⚠ flagged" not in html
+
+
+def test_failed_attacks_leave_out_the_worst_case_they_miss_but_not_an_attack_that_ran():
+    error = {"model": "m", "defense": "masked", "category": "integrity", "attack": "square", "metric": "error", "status": "error",
+             "message": "RuntimeError: boom"}
+    comparison = comparison_table(masked_trio(error))
+    assert front_by_defense(comparison) == {"none": True, "masked": None, "honest": True}
+    assert "misses attacks that failed: square" in with_front(comparison)[0].set_index("defense").loc["masked", "pareto_note"]
+    assert front_by_defense(comparison, robust=PGD) == {"none": True, "masked": True, "honest": False}  # pgd's own number stands
+
+
+def test_a_failed_membership_attack_leaves_out_the_strongest_attack_figure():
+    rows = variant("m", "none", 0.95, {("ensemble", 0.1): 0.1}, {"mia_loss": 0.70, "lira": 0.80})
+    rows += variant("m", "dp", 0.94, {("ensemble", 0.1): 0.1}, {"mia_loss": 0.55})  # lira failed: 0.55 understates its leakage
+    rows += variant("m", "reg", 0.90, {("ensemble", 0.1): 0.1}, {"mia_loss": 0.60, "lira": 0.65})
+    rows.append({"model": "m", "defense": "dp", "category": "confidentiality", "attack": "lira", "metric": "error", "status": "error",
+                 "message": "RuntimeError: boom"})
+    rows.append({"model": "m", "defense": "dp", "category": "confidentiality", "attack": "mi_face", "metric": "error", "status": "error",
+                 "message": "RuntimeError: boom"})
+    table = make_table(rows)
+    assert front_by_defense(comparison_table(table)) == {"none": True, "dp": None, "reg": True}
+    assert line(comparison_table(table), "m", "dp")["failed_membership"] == "lira, mi_face"  # unknown kinds count, to fail closed
+    known = comparison_table(table, membership={"mia_loss", "lira"})
+    assert line(known, "m", "dp")["failed_membership"] == "lira"
+
+
+def test_without_a_membership_auc_for_every_variant_leakage_is_no_objective_and_the_page_says_for_whom():
+    rows = variant("m", "none", 0.95, {("ensemble", 0.1): 0.1}, {"mia_loss": 0.70}) + variant("m", "fs", 0.90, {("ensemble", 0.1): 0.3})
+    comparison = comparison_table(make_table(rows))
+    html = render_comparison_html(comparison, [], "en")
+    assert "Membership AUC is not an objective, because these variants have none: m / fs." in html
+    assert front_by_defense(comparison) == {"none": True, "fs": True}
+
+
+class _RoundsItsInput(torch.nn.Module):
+    """A gradient-masked twin: rounding the input zeroes every input gradient, so gradient attacks see nothing."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 4) / 4)
+
+
+TWINS = """
+seed = 0
+[data]
+source = "digits"
+[evaluation]
+samples = 100
+[history]
+enabled = false
+[[models]]
+name = "honest"
+kind = "torchscript"
+path = "honest.ts"
+[[models]]
+name = "masked"
+kind = "torchscript"
+path = "masked.ts"
+[[attacks]]
+name = "fgsm"
+eps = [0.1, 0.2]
+[[attacks]]
+name = "pgd"
+eps = [0.1, 0.2]
+steps = 10
+"""
+
+
+@pytest.mark.slow
+def test_kansa_compare_never_crowns_a_gradient_masked_twin(digits, tmp_path):
+    """The held-out case: two TorchScript files, one masked; its robust accuracy is the higher, and its own run flags it."""
+    _, _, target = digits
+    torch.jit.save(torch.jit.script(target.module.inner), tmp_path / "honest.ts")
+    torch.jit.save(torch.jit.script(_RoundsItsInput(target.module.inner)), tmp_path / "masked.ts")
+    write(tmp_path / "audit.toml", TWINS)
+    assert main(["run", str(tmp_path / "audit.toml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "cmp")]) == 0
+    table = pd.read_csv(tmp_path / "cmp" / "comparison.csv", keep_default_na=False).set_index("model")
+    column = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["pareto"]["objectives"][1]
+    assert float(table.loc["masked", column]) > float(table.loc["honest", column]) + 0.2  # judged on numbers alone, it would win
+    assert "vanishing_gradients" in table.loc["masked", "flags"] and table.loc["honest", "flags"] == ""
+    assert table.loc["masked", "pareto"] == "" and "flagged by sanity checks" in table.loc["masked", "pareto_note"]
+    assert table.loc["honest", "pareto"] == "True"
+    assert "⚠ flagged" in (tmp_path / "cmp" / "comparison.html").read_text(encoding="utf-8")

@@ -200,3 +200,30 @@ def test_pytest_integration(kansa_audit, tmp_path):
     with pytest.raises(AssertionError, match="has no \\[\\[gates\\]\\]"):
         assert_gates_pass(kansa_audit(write(tmp_path / "n.toml", text), out_dir=tmp_path / "n"))
     assert load_config(passing).gates[0]["id"] == "accuracy-1"
+
+
+def test_a_sanity_flag_makes_only_its_own_variants_integrity_gates_inconclusive():
+    """A flag raised on cnn / feature_squeezing says nothing about cnn as trained, and the reverse."""
+    rows = []
+    for defense in ("none", "feature_squeezing"):
+        rows.append(rate_row("robust_accuracy", 80, 100, model="cnn", defense=defense, attack="ensemble", category="integrity",
+                             param="eps", param_value=0.1))
+    rows.append({"model": "cnn", "defense": "feature_squeezing", "category": "sanity", "metric": "vanishing_gradients", "value": 1.0,
+                 "message": "zero gradient on 60% of samples"})
+    out = evaluate_gates(gates({"metric": "robust_accuracy", "op": ">=", "threshold": 0.5}), make_table(rows))
+    by_variant = dict(zip(out["defense"], zip(out["verdict"], out["reason"])))
+    assert by_variant["none"][0] == "pass"
+    assert by_variant["feature_squeezing"][0] == "inconclusive" and "flagged on cnn / feature_squeezing" in by_variant["feature_squeezing"][1]
+
+
+def test_a_waiver_can_name_the_variant_it_excuses():
+    from audit.checks import apply_waivers, validate_waivers
+
+    waivers = validate_waivers([{"flag": "vanishing_gradients", "model": "cnn", "defense": "feature_squeezing", "reason": "BPDA agrees"}],
+                               Location("t.toml", "waivers"))
+    flag = {"metric": "vanishing_gradients", "value": 1.0, "message": "zero gradient"}
+    (squeezed,) = apply_waivers([flag], "cnn", "feature_squeezing", waivers)
+    (plain,) = apply_waivers([flag], "cnn", "none", waivers)
+    assert squeezed["status"] == "waived" and squeezed["message"] == "zero gradient (waived: BPDA agrees)"
+    assert "status" not in plain
+    assert validate_waivers([{"flag": "vanishing_gradients", "reason": "r"}], Location("t.toml", "waivers"))[0]["defense"] == "*"
