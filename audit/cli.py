@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding results.json")
     compare.add_argument("--out", default="comparison", help="output folder (default: ./comparison)")
     compare.add_argument("--lang", choices=("en", "ja"), default="en")
+    compare.add_argument("--allow-mismatch", action="store_true",
+                         help="compare runs on other data, samples or attack budgets anyway, each group with its own Pareto front")
     compare.add_argument("--robust", metavar="COLUMN", help='robust-accuracy column for the Pareto front, e.g. "robust_accuracy[pgd@0.1]" (default: the strongest common one)')
 
     gate = commands.add_parser("gate", help="re-evaluate gates on a finished run (exit 0 pass, 1 fail, 3 inconclusive)")
@@ -128,7 +130,7 @@ def _report(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from reports.trade_offs import compare_runs
 
-    written = compare_runs(args.run_dirs, Path(args.out), args.lang, args.robust)
+    written = compare_runs(args.run_dirs, Path(args.out), args.lang, args.robust, args.allow_mismatch)
     print(f"table:   {written['comparison_csv']}, {written['comparison_json']}")
     print(f"report:  {written['comparison_html']}")
     return EXIT_OK

@@ -128,6 +128,7 @@ class DataSummary:
     classes: list[str]
     split_sizes: dict[str, int]
     evaluation_samples: int
+    evaluated_sha256: str = ""  # which samples the attacks ran on (their indices); "" in runs of an older Kansa
 
 
 @dataclass

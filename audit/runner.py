@@ -260,6 +260,7 @@ def _metadata(config: Config, session: AuditSession, executed: Executed, assembl
         name=dataset.name, sha256=dataset.digest(), samples=int(len(dataset.y)), input_shape=list(dataset.input_shape),
         input_range=list(dataset.input_range), is_image=dataset.is_image, classes=dataset.class_names,
         split_sizes={k: int(len(v)) for k, v in splits.items()}, evaluation_samples=int(len(session.eval_idx)),
+        evaluated_sha256=array_digest(session.eval_idx),
     )
     return RunMetadata(
         run_id=uuid.uuid4().hex[:12],

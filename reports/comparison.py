@@ -171,7 +171,7 @@ def _ordered(comparison: pd.DataFrame) -> pd.DataFrame:
     """Keys, then every measurement followed by its delta (robust columns by attack, then eps), then the text columns."""
     attacks = robust_order(comparison)
     robust = sorted(robust_columns(comparison), key=lambda c: (attacks.index(parse_robust_column(c)[0]), parse_robust_column(c)[1]))
-    columns = [k for k in KEYS if k in comparison]
+    columns = [k for k in (KEYS[0], GROUP, *KEYS[1:]) if k in comparison]
     for column in [CLEAN, *robust, MIA_AUC, MIA_TPR, *COSTS]:
         columns += [column, column + DELTA] + ([ATTACK_OF[column]] if column in ATTACK_OF else [])
     columns += [DETAILS, FLAGS, WAIVED, FAILED, FAILED_INTEGRITY, FAILED_MEMBERSHIP]
@@ -219,6 +219,105 @@ def combine(comparisons: Sequence[pd.DataFrame]) -> pd.DataFrame:
     robust = robust_columns(combined)
     combined[robust + [c + DELTA for c in robust]] = combined[robust + [c + DELTA for c in robust]].astype("float64")
     return _ordered(combined)
+
+
+# --- what makes runs comparable ------------------------------------------------------------------
+
+GROUP = "group"
+_NOT_A_BUDGET = ("eps", "batch_size")  # a column is per eps; the batch size changes speed, not strength
+
+
+@dataclass(frozen=True)
+class RunSetting:
+    """What two runs must share for their numbers to stand side by side: the data, the attacked samples, the budgets.
+
+    `budgets` holds each attack's declaration without the parameters that do not change its strength;
+    `integrity` and `membership` are the attack ids behind the worst-case and strongest-attack columns.
+    """
+
+    label: str
+    data: str
+    data_sha256: str
+    evaluated_sha256: str
+    evaluation_samples: int
+    budgets: dict[str, tuple[str, tuple[tuple[str, Any], ...]]]
+    integrity: frozenset[str]
+    membership: frozenset[str]
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return self.data_sha256, self.evaluated_sha256, tuple(sorted(self.budgets.items()))
+
+
+def run_setting(metadata: RunMetadata, label: str) -> RunSetting:
+    from attacks import registry
+
+    known = registry()
+    attacks = metadata.config.get("attacks", [])
+    budgets = {a["id"]: (a["name"], tuple(sorted((k, repr(v)) for k, v in a["params"].items() if k not in _NOT_A_BUDGET)))
+               for a in attacks}
+    integrity = frozenset(a["id"] for a in attacks if a["name"] not in known or known[a["name"]].kind.category == Category.INTEGRITY)
+    data = metadata.data
+    return RunSetting(label, f"{data.name} ({data.sha256[:8]})", data.sha256, data.evaluated_sha256, data.evaluation_samples,
+                      budgets, integrity, frozenset(membership_attacks(metadata)))
+
+
+def _column_attacks(column: str, setting: RunSetting) -> frozenset[str]:
+    parsed = parse_robust_column(column)
+    if parsed is None:
+        return setting.membership
+    return setting.integrity if parsed[0] in ENSEMBLE.values() else frozenset({parsed[0]})
+
+
+def _budget_difference(attack: str, mine: tuple[str, tuple[Any, ...]], theirs: tuple[str, tuple[Any, ...]]) -> str:
+    if mine[0] != theirs[0]:
+        return f"{attack} is {mine[0]} vs {theirs[0]}"
+    a, b = dict(mine[1]), dict(theirs[1])
+    return f"{attack} " + ", ".join(f"{k} {a.get(k, '–')} vs {b.get(k, '–')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+def mismatches(combined: pd.DataFrame, settings: Sequence[RunSetting]) -> list[str]:
+    """Every way the runs of a combined comparison differ in what their side-by-side numbers mean, one sentence each."""
+    if not settings:
+        return []
+    first, found = settings[0], []
+    for other in settings[1:]:
+        pair = f"{first.label} and {other.label}"
+        if other.data_sha256 != first.data_sha256:
+            found.append(f"{pair} audit different data: {first.data} vs {other.data}")
+            continue
+        if not first.evaluated_sha256 or not other.evaluated_sha256:
+            older = first.label if not first.evaluated_sha256 else other.label
+            found.append(f"{older} does not record which samples it attacked (a run of an older Kansa), so {pair} cannot be shown to share them")
+        elif other.evaluated_sha256 != first.evaluated_sha256:
+            found.append(f"{pair} attack different samples: {first.evaluation_samples} vs {other.evaluation_samples} evaluated"
+                         + (", another draw" if first.evaluation_samples == other.evaluation_samples else ""))
+        for column in [*robust_columns(combined), MIA_AUC, MIA_TPR]:
+            if not all(combined.loc[combined["run"] == s.label, column].notna().any() for s in (first, other)):
+                continue  # not side by side: one of them has no number in this column
+            mine, theirs = _column_attacks(column, first), _column_attacks(column, other)
+            if mine != theirs:
+                found.append(f"{column}: {first.label} takes it over {', '.join(sorted(mine))}, {other.label} over {', '.join(sorted(theirs))}")
+                continue
+            differ = [_budget_difference(a, first.budgets[a], other.budgets[a]) for a in sorted(mine)
+                      if a in first.budgets and a in other.budgets and first.budgets[a] != other.budgets[a]]
+            if differ:
+                found.append(f"{column}: {pair} ran {'; '.join(differ)}")
+    return list(dict.fromkeys(found))
+
+
+def grouped(combined: pd.DataFrame, settings: Sequence[RunSetting]) -> pd.DataFrame:
+    """The combined table with a `group` column: runs of one data set and setting form one group, judged apart from the others."""
+    keys = list(dict.fromkeys(s.key for s in settings))
+    names = {}
+    for key in keys:
+        data = next(s.data for s in settings if s.key == key)
+        same_data = [k for k in keys if k[0] == key[0]]
+        names[key] = data if len(same_data) == 1 else f"{data} · setting {same_data.index(key) + 1}"
+    by_run = {s.label: names[s.key] for s in settings}
+    out = combined.copy()
+    out.insert(1, GROUP, out["run"].map(by_run))
+    return out
 
 
 # --- Pareto front ------------------------------------------------------------------------------
@@ -313,15 +412,16 @@ def pareto_front(comparison: pd.DataFrame, robust: str | None = None, privacy: b
     Objectives: clean accuracy and robust accuracy at `robust` (maximised), the best membership
     AUC (minimised) when `privacy`. Identical variants do not dominate each other, so both stay
     on the front. A variant with an `exclusions` reason is not judged (<NA>), nor used to judge others.
+    With a `group` column (runs compared despite `mismatches`) each group has its own front.
     """
     axes = resolve_axes(comparison, robust, privacy)
     signs = [-1.0 if column == MIA_AUC else 1.0 for column in axes.objectives]
     points = comparison[axes.objectives].to_numpy(dtype=np.float64) * np.array(signs)
     judged = np.array([not reasons for reasons in exclusions(comparison, axes)], dtype=bool)
+    groups = comparison[GROUP].to_numpy() if GROUP in comparison else np.zeros(len(comparison))
     front = pd.Series(pd.array([pd.NA] * len(comparison), dtype="boolean"), index=comparison.index, name=PARETO)
-    candidates = points[judged]
     for position in np.flatnonzero(judged):
-        point = points[position]
+        point, candidates = points[position], points[judged & (groups == groups[position])]
         dominated = ((candidates >= point).all(axis=1) & (candidates > point).any(axis=1)).any()
         front.iloc[position] = not dominated
     return front
@@ -414,23 +514,25 @@ def _json_value(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def comparison_json(comparison: pd.DataFrame, axes: Axes, runs: list[dict[str, Any]]) -> str:
-    """comparison.json: the rows (NaN as null), the runs they come from, and what the Pareto front was judged on."""
+def comparison_json(comparison: pd.DataFrame, axes: Axes, runs: list[dict[str, Any]], differences: Sequence[str] = ()) -> str:
+    """comparison.json: the rows (NaN as null), the runs they come from, how they differ, and what the front was judged on."""
     document = {
         "schema": SCHEMA,
         "runs": runs,
+        "mismatches": list(differences),
         "pareto": {"objectives": axes.objectives, "without_membership_auc": list(axes.without_privacy)},
         "rows": [{k: _json_value(v) for k, v in row.items()} for row in comparison.to_dict(orient="records")],
     }
     return json.dumps(document, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_comparison(comparison: pd.DataFrame, out_dir: Path, runs: list[dict[str, Any]], robust: str | None = None) -> dict[str, Path]:
+def write_comparison(comparison: pd.DataFrame, out_dir: Path, runs: list[dict[str, Any]], robust: str | None = None,
+                     differences: Sequence[str] = ()) -> dict[str, Path]:
     """comparison.csv and comparison.json (each atomically) with the Pareto column."""
     table, axes = with_front(comparison, robust)
     paths = {"comparison_csv": out_dir / "comparison.csv", "comparison_json": out_dir / "comparison.json"}
     write_text_atomic(paths["comparison_csv"], table.to_csv(index=False))
-    write_text_atomic(paths["comparison_json"], comparison_json(table, axes, runs))
+    write_text_atomic(paths["comparison_json"], comparison_json(table, axes, runs, differences))
     return paths
 
 

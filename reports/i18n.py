@@ -243,6 +243,10 @@ TEXT: dict[str, tuple[str, str]] = {
         "Membership AUC is not an objective, because these variants have none: {variants}.",
         "次のバリアントにメンバーシップ AUC がないため、目的に含めていません: {variants}。",
     ),
+    "cmp_mismatch": (
+        "These runs are not comparable side by side; compared anyway (--allow-mismatch), each data set and setting in its own group with its own Pareto front:",
+        "これらの実行は並べて比較できません。--allow-mismatch により比較していますが、データセットと設定ごとにグループを分け、それぞれのパレートフロントを求めています:",
+    ),
     "cmp_flags": ("Sanity flags", "サニティチェックのフラグ"),
     "cmp_waived": ("waived", "免除"),
     "cmp_flagged_marker": ("flagged", "フラグあり"),

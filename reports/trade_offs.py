@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from audit.errors import KansaError
 from audit.files import write_text_atomic
 from audit.results import UNDEFENDED, load_results
 from reports import figures
@@ -21,6 +22,7 @@ from reports.comparison import (
     DETAILS,
     FAILED,
     FLAGS,
+    GROUP,
     MIA_AUC,
     WAIVED,
     Axes,
@@ -30,13 +32,16 @@ from reports.comparison import (
     exclusions,
     format_value,
     front_text,
+    grouped,
     membership_attacks,
+    mismatches,
     on_front,
     pareto_front,
     parse_robust_column,
     resolve_axes,
     row_label,
     run_reference,
+    run_setting,
     value_columns,
     variant_name,
     write_comparison,
@@ -57,13 +62,14 @@ def trade_off_figure(comparison: pd.DataFrame, front: pd.Series, axes: Axes, wit
         return None
     leakage = shown[MIA_AUC].to_numpy(dtype=np.float64)
     attack, eps = parse_robust_column(axes.robust)
+    groups = GROUP in shown  # runs compared despite their differences: one front per group, so no line across them
     return figures.trade_off(
-        labels=[variant_name(r, with_run) for _, r in shown.iterrows()],
+        labels=[variant_name(r, with_run) + (f" [{r[GROUP]}]" if groups else "") for _, r in shown.iterrows()],
         clean=shown[CLEAN].to_numpy(dtype=np.float64),
         robust=shown[axes.robust].to_numpy(dtype=np.float64),
         leakage=leakage if np.isfinite(leakage).any() else None,
         front=front.loc[shown.index].fillna(False).to_numpy(dtype=bool),
-        frontier=pareto_front(shown, axes.robust, privacy=False).fillna(False).to_numpy(dtype=bool),
+        frontier=np.zeros(len(shown), dtype=bool) if groups else pareto_front(shown, axes.robust, privacy=False).fillna(False).to_numpy(dtype=bool),
         left_out=np.array([bool(reasons) for reasons in exclusions(shown, axes)], dtype=bool),
         robust_label=f"robust accuracy ({attack}, eps {eps:g})",
         leakage_label="best membership AUC (lower is better)",
@@ -78,7 +84,7 @@ def comparison_context(comparison: pd.DataFrame, t: Callable[..., str], robust: 
     reasons = dict(zip(comparison.index, exclusions(comparison, axes)))
     with_run = "run" in comparison and comparison["run"].nunique() > 1
     groups = []
-    for key, rows in comparison.groupby([k for k in ("run", "model") if k in comparison], sort=False):
+    for key, rows in comparison.groupby([k for k in ("run", GROUP, "model") if k in comparison], sort=False):
         title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
         lines = []
         for column in value_columns(comparison):
@@ -115,11 +121,12 @@ def comparison_context(comparison: pd.DataFrame, t: Callable[..., str], robust: 
     }
 
 
-def render_comparison_html(comparison: pd.DataFrame, runs: list[dict[str, Any]], lang: str = "en", robust: str | None = None) -> str:
-    """comparison.html of `kansa compare`: the runs it read, then the same trade-off section as the report."""
+def render_comparison_html(comparison: pd.DataFrame, runs: list[dict[str, Any]], lang: str = "en", robust: str | None = None,
+                           differences: Sequence[str] = ()) -> str:
+    """comparison.html of `kansa compare`: the runs it read and how they differ, then the same trade-off section as the report."""
     t = translator(lang)
     return template_environment().get_template("comparison.html.j2").render(
-        ctx=comparison_context(comparison, t, robust), runs=runs, t=t, lang=lang
+        ctx=comparison_context(comparison, t, robust), runs=runs, differences=differences, t=t, lang=lang
     )
 
 
@@ -130,16 +137,29 @@ def _labels(run_dirs: Sequence[Path], run_ids: Sequence[str]) -> list[str]:
     return [label if labels.count(label) == 1 else f"{label}#{i + 1}" for i, label in enumerate(labels)]
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: Path, lang: str = "en", robust: str | None = None) -> dict[str, Path]:
-    """`kansa compare`: the combined table, its Pareto front and plot from several finished runs, written to `out_dir`."""
+def compare_runs(run_dirs: Sequence[str | Path], out_dir: Path, lang: str = "en", robust: str | None = None,
+                 allow_mismatch: bool = False) -> dict[str, Path]:
+    """`kansa compare`: the combined table, its Pareto front and plot from several finished runs, written to `out_dir`.
+
+    Runs that differ in data, attacked samples or attack budgets are refused, naming the first
+    difference; with `allow_mismatch` they are compared in groups, each with its own front.
+    """
     loaded = [load_results(d) for d in run_dirs]
     labels = _labels([Path(d) for d in run_dirs], [meta.run_id for _, meta in loaded])
     combined = combine([comparison_table(table, meta.defenses, run=label, membership=membership_attacks(meta))
                         for (table, meta), label in zip(loaded, labels)])
+    settings = [run_setting(meta, label) for (_, meta), label in zip(loaded, labels)]
+    differences = mismatches(combined, settings)
+    if differences and not allow_mismatch:
+        more = f" (and {len(differences) - 1} more difference{'s' * (len(differences) > 2)})" if len(differences) > 1 else ""
+        raise KansaError(f"{differences[0]}{more}; their numbers are not comparable side by side "
+                         "(--allow-mismatch compares them anyway, each data set and setting judged apart)")
+    if differences:
+        combined = grouped(combined, settings)
     runs = [run_reference(meta, label, Path(d)) for (_, meta), label, d in zip(loaded, labels, run_dirs)]
     resolve_axes(combined, robust)  # a bad --robust is an input error before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = write_comparison(combined, out_dir, runs, robust)
+    written = write_comparison(combined, out_dir, runs, robust, differences)
     written["comparison_html"] = out_dir / "comparison.html"
-    write_text_atomic(written["comparison_html"], render_comparison_html(combined, runs, lang, robust))
+    write_text_atomic(written["comparison_html"], render_comparison_html(combined, runs, lang, robust, differences))
     return written

@@ -109,7 +109,8 @@ def run_metadata(**fields: Any) -> "RunMetadata":
     """Metadata of a run that was never executed, for tests that build a results table by hand."""
     from audit.results import DataSummary, RunMetadata
 
-    data = DataSummary("digits", "0" * 64, 10, [1, 8, 8], [0.0, 1.0], True, [str(c) for c in range(10)], {"train": 6, "holdout": 2, "test": 2}, 2)
+    data = DataSummary("digits", "0" * 64, 10, [1, 8, 8], [0.0, 1.0], True, [str(c) for c in range(10)], {"train": 6, "holdout": 2, "test": 2}, 2,
+                       "e" * 64)
     defaults: dict[str, Any] = {"run_id": "r0", "created": "2026-01-01T00:00:00+00:00", "title": "t", "config_path": "audit.toml",
                                 "config_sha256": "0" * 64, "config": {"attacks": []}, "config_text": "", "seed": 0, "data": data}
     return RunMetadata(**{**defaults, **fields})

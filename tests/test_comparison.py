@@ -268,8 +268,8 @@ def test_a_run_writes_its_comparison(small_run):
     assert row[CLEAN] == pytest.approx(float(csv[CLEAN].iloc[0])) and row[MIA_AUC] is None  # NaN is written as null
 
 
-def write_run(folder: Path, table: pd.DataFrame, run_id: str) -> Path:
-    metadata = run_metadata(run_id=run_id, title=f"audit {run_id}")
+def write_run(folder: Path, table: pd.DataFrame, run_id: str, **fields: Any) -> Path:
+    metadata = run_metadata(run_id=run_id, title=f"audit {run_id}", **fields)
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(results_json(AuditResult(table=table, metadata=metadata)), encoding="utf-8")
     return folder
@@ -459,3 +459,71 @@ def test_kansa_compare_never_crowns_a_gradient_masked_twin(digits, tmp_path):
     assert table.loc["masked", "pareto"] == "" and "flagged by sanity checks" in table.loc["masked", "pareto_note"]
     assert table.loc["honest", "pareto"] == "True"
     assert "⚠ flagged" in (tmp_path / "cmp" / "comparison.html").read_text(encoding="utf-8")
+
+
+# --- kansa compare puts side by side only what is comparable -------------------------------------
+
+ATTACKS = [{"id": "pgd", "name": "pgd", "params": {"eps": [0.1], "steps": 40, "batch_size": 128}},
+           {"id": "fgsm", "name": "fgsm", "params": {"eps": [0.1], "batch_size": 128}},
+           {"id": "mia_loss", "name": "mia_loss", "params": {"bootstrap": 200}}]
+
+
+def two_runs(tmp_path: Path, second_attacks: list[dict[str, Any]] = ATTACKS, **second: Any) -> list[str]:
+    table = two_models()
+    first = write_run(tmp_path / "a", table[table["model"].isin(["cnn", ""])], "r1", config={"attacks": ATTACKS})
+    other = write_run(tmp_path / "b", table[table["model"] != "cnn"], "r2", config={"attacks": second_attacks}, **second)
+    return [str(first), str(other)]
+
+
+def refusal(capsys: Any, runs: list[str], out: Path) -> str:
+    assert main(["compare", *runs, "--out", str(out)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and not out.exists()  # one line, and nothing written
+    return message
+
+
+def test_kansa_compare_refuses_runs_on_different_data_and_groups_them_when_allowed(tmp_path, capsys):
+    from audit.results import DataSummary
+
+    mnist = DataSummary("mnist", "f" * 64, 10_000, [1, 28, 28], [0.0, 1.0], True, [str(c) for c in range(10)], {"test": 10_000}, 500, "e" * 64)
+    runs = two_runs(tmp_path, data=mnist)
+    message = refusal(capsys, runs, tmp_path / "cmp")
+    assert "a and b audit different data: digits (00000000) vs mnist (ffffffff)" in message and "--allow-mismatch" in message
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp"), "--allow-mismatch"]) == 0
+    csv = pd.read_csv(tmp_path / "cmp" / "comparison.csv", keep_default_na=False)
+    assert list(csv.columns[:3]) == ["run", "group", "model"]
+    assert dict(zip(csv["run"], csv["group"])) == {"a": "digits (00000000)", "b": "mnist (ffffffff)"}
+    # each data set has its own front: mlp / pruned is still beaten by mlp / none, and nothing of a judges b
+    assert dict(zip(csv["run"] + "/" + csv["defense"], csv["pareto"].astype(str))) == {
+        "a/none": "True", "a/dp": "True", "a/adv": "True", "b/none": "True", "b/pruned": "False", "b/quant": "True"}
+    document = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert document["mismatches"] == ["a and b audit different data: digits (00000000) vs mnist (ffffffff)"]
+    html = (tmp_path / "cmp" / "comparison.html").read_text()
+    assert "not comparable side by side" in html and "audit different data" in html and "a · digits (00000000) · cnn" in html
+
+
+def test_with_mismatches_allowed_a_variant_is_judged_only_against_its_own_group(tmp_path):
+    from audit.results import DataSummary
+
+    mnist = DataSummary("mnist", "f" * 64, 10_000, [1, 28, 28], [0.0, 1.0], True, [str(c) for c in range(10)], {"test": 10_000}, 500, "e" * 64)
+    a = write_run(tmp_path / "a", make_table(variant("m", "none", 0.95, {("ensemble", 0.1): 0.5})), "r1")
+    b = write_run(tmp_path / "b", make_table(variant("m", "none", 0.90, {("ensemble", 0.1): 0.4})), "r2", data=mnist)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp"), "--allow-mismatch"]) == 0
+    csv = pd.read_csv(tmp_path / "cmp" / "comparison.csv", keep_default_na=False)
+    assert list(csv["pareto"].astype(str)) == ["True", "True"]  # in one front, b's model would be beaten by a's
+
+
+def test_kansa_compare_refuses_other_attack_budgets_and_other_samples(tmp_path, capsys):
+    weaker = [{**ATTACKS[0], "params": {"eps": [0.1, 0.3], "steps": 10, "batch_size": 32}}, *ATTACKS[1:]]
+    message = refusal(capsys, two_runs(tmp_path / "budget", weaker), tmp_path / "cmp")
+    assert "robust_accuracy[pgd@0.1]: a and b ran pgd steps 40 vs 10" in message and "more difference" in message  # the ensemble too
+    without_fgsm = [ATTACKS[0], ATTACKS[2]]
+    message = refusal(capsys, two_runs(tmp_path / "members", without_fgsm), tmp_path / "cmp")
+    assert "robust_accuracy[ensemble@0.1]: a takes it over fgsm, pgd, b over pgd" in message
+    from audit.results import DataSummary
+
+    other_draw = DataSummary("digits", "0" * 64, 10, [1, 8, 8], [0.0, 1.0], True, [str(c) for c in range(10)],
+                             {"train": 6, "holdout": 2, "test": 2}, 2, "d" * 64)
+    message = refusal(capsys, two_runs(tmp_path / "draw", data=other_draw), tmp_path / "cmp")
+    assert "a and b attack different samples: 2 vs 2 evaluated, another draw" in message
+    assert main(["compare", *two_runs(tmp_path / "same"), "--out", str(tmp_path / "cmp")]) == 0  # batch size and eps lists aside, the same
