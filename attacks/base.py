@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from audit.models import Target
 
 GALLERY_SIZE = 8
+ROBUST_AT = "robust_correct@eps="  # per-sample key of an integrity attack: robust at that eps
 
 
 @dataclass
@@ -330,7 +331,7 @@ class EvasionAttack(Attack):
             rows += _rate_rows(y, clean_correct, robust[k], eps, context.class_names)
             where = {"param": "eps", "param_value": float(eps)}
             rows += [mean_row("perturbation_linf", linf[k], **where), mean_row("perturbation_l2", l2[k], **where)]
-            per_sample[f"robust_correct@eps={eps:g}"] = robust[k]
+            per_sample[f"{ROBUST_AT}{eps:g}"] = robust[k]
         return AttackOutput(rows, per_sample, gallery.artifacts(eps_list))
 
 
@@ -388,11 +389,24 @@ class MinimizationAttack(Attack):
         for eps in self.values["eps"]:
             robust = clean_correct & (minimal > eps)
             rows += _rate_rows(y, clean_correct, robust, eps, context.class_names)
-            per_sample[f"robust_correct@eps={eps:g}"] = robust
+            per_sample[f"{ROBUST_AT}{eps:g}"] = robust
         return AttackOutput(rows, per_sample, gallery.artifacts([np.nan]))
 
 
 ENSEMBLE = {"inf": "ensemble", "2": "ensemble-l2"}
+
+
+def worst_case(outputs: dict[str, tuple[str, dict[str, np.ndarray]]]) -> dict[tuple[str, float], tuple[list[str], np.ndarray]]:
+    """Per (norm, eps), the attacks measured there and the per-sample worst case: robust only if none of them flipped it.
+
+    `outputs` maps attack id to (norm, per-sample arrays).
+    """
+    groups: dict[tuple[str, float], dict[str, np.ndarray]] = {}
+    for attack_id, (norm, per_sample) in outputs.items():
+        for key, robust in per_sample.items():
+            if key.startswith(ROBUST_AT):
+                groups.setdefault((norm, float(key.removeprefix(ROBUST_AT))), {})[attack_id] = robust
+    return {where: (sorted(members), np.logical_and.reduce(list(members.values()))) for where, members in sorted(groups.items())}
 
 
 def ensemble_rows(
@@ -402,16 +416,11 @@ def ensemble_rows(
 
     `outputs` maps attack id to (norm, output); the rows carry the ensemble's attack id and name its members.
     """
-    groups: dict[tuple[str, float], dict[str, np.ndarray]] = {}
-    clean_correct = None
-    for attack_id, (norm, output) in outputs.items():
-        clean_correct = output.per_sample["clean_correct"] if clean_correct is None else clean_correct
-        for key, robust in output.per_sample.items():
-            if key.startswith("robust_correct@eps="):
-                groups.setdefault((norm, float(key.split("=", 1)[1])), {})[attack_id] = robust
+    if not outputs:
+        return []
+    clean_correct = next(iter(outputs.values()))[1].per_sample["clean_correct"]
     rows: list[dict[str, Any]] = []
-    for (norm, eps), members in sorted(groups.items()):
-        worst = np.logical_and.reduce(list(members.values()))
-        note = "worst case per sample over " + ", ".join(sorted(members))
+    for (norm, eps), (members, worst) in worst_case({a: (norm, out.per_sample) for a, (norm, out) in outputs.items()}).items():
+        note = "worst case per sample over " + ", ".join(members)
         rows += [{**row, "attack": ENSEMBLE[norm], "message": note} for row in _rate_rows(y, clean_correct, worst, eps, class_names)]
     return rows

@@ -145,11 +145,8 @@ def evaluate_membership(
     point = {k: float(v) for k, v in statistics(np.ones(n1), np.ones(n0)).items()}
     rng = np.random.default_rng(seed)
     replicates: dict[str, list[np.ndarray]] = {k: [] for k in point}
-    for start in range(0, bootstrap, _CHUNK):
-        size = min(_CHUNK, bootstrap - start)
-        w1 = rng.multinomial(n1, np.full(n1, 1.0 / n1), size=size).astype(np.float64)
-        w0 = rng.multinomial(n0, np.full(n0, 1.0 / n0), size=size).astype(np.float64)
-        for key, values in statistics(w1, w0).items():
+    for size in _chunks(bootstrap):
+        for key, values in statistics(*_resample(rng, n1, n0, size)).items():
             replicates[key].append(values)
 
     def row(metric: str, key: str, n: int, **where: Any) -> dict[str, Any]:
@@ -164,6 +161,49 @@ def evaluate_membership(
         rows.append(row("tpr_at_fpr", f"tpr@{alpha}", n1, param="fpr", param_value=float(alpha), message=_fpr_warning(alpha, n0)))
     roc = Roc(*_rates(member_sorted.astype(np.float64), (~member_sorted).astype(np.float64), ends))
     return rows, {"roc_fpr": roc.fpr, "roc_tpr": roc.tpr}
+
+
+def _chunks(total: int) -> list[int]:
+    return [min(_CHUNK, total - start) for start in range(0, total, _CHUNK)]
+
+
+def _resample(rng: np.random.Generator, n1: int, n0: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`size` stratified bootstrap weightings: counts over the members (n1) and, separately, over the non-members (n0)."""
+    w1 = rng.multinomial(n1, np.full(n1, 1.0 / n1), size=size).astype(np.float64)
+    w0 = rng.multinomial(n0, np.full(n0, 1.0 / n0), size=size).astype(np.float64)
+    return w1, w0
+
+
+def paired_replicates(scores: dict[str, np.ndarray], is_member: np.ndarray, fprs: list[float], bootstrap: int,
+                      seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """AUC and TPR at each FPR of several score vectors over the same candidates, point value first, then under
+    `bootstrap` stratified resamples shared by all of them: differences between them are paired.
+
+    Returns, per score name, arrays of length 1 + bootstrap for "auc" and "tpr@<fpr>".
+    """
+    is_member = np.asarray(is_member, dtype=bool)
+    n1, n0 = int(is_member.sum()), int((~is_member).sum())
+    member_pos, other_pos = np.flatnonzero(is_member), np.flatnonzero(~is_member)
+    rng = np.random.default_rng(seed)
+    weights = [np.ones((1, len(is_member)))]
+    for size in _chunks(bootstrap):
+        w1, w0 = _resample(rng, n1, n0, size)
+        batch = np.zeros((size, len(is_member)))
+        batch[:, member_pos], batch[:, other_pos] = w1, w0
+        weights.append(batch)
+    out = {}
+    for name, values in scores.items():
+        values, _ = _check(values, is_member)
+        order = np.argsort(-values, kind="stable")
+        ends, member = _tie_group_ends(values[order]), is_member[order]
+        stats: dict[str, list[np.ndarray]] = {"auc": [], **{f"tpr@{alpha}": [] for alpha in fprs}}
+        for w in weights:
+            fpr, tpr = _rates(w[:, order] * member, w[:, order] * ~member, ends)
+            stats["auc"].append(_auc(fpr, tpr))
+            for alpha in fprs:
+                stats[f"tpr@{alpha}"].append(_tpr_at(fpr, tpr, alpha))
+        out[name] = {key: np.concatenate(parts) for key, parts in stats.items()}
+    return out
 
 
 def exposed_samples(scores: np.ndarray, is_member: np.ndarray, k: int = EXPOSED_SAMPLES) -> np.ndarray:

@@ -67,11 +67,12 @@ class CellResult:
 
 @dataclass
 class BuiltVariant:
-    """A variant task's outcome: its rows, and the digest of its weights (None when its defense failed)."""
+    """A variant task's outcome: its rows, the digest of its weights (None when its defense failed), its per-sample arrays."""
 
     rows: list[dict[str, Any]]
     digest: str | None
     cached: bool
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,7 +128,7 @@ def execute(task: Task) -> TaskOutcome:
         result: BuiltVariant | CellResult | None = None
     elif task.kind == "variant":
         variant = session.variant(task.model, task.defense)
-        result = BuiltVariant(variant.rows, variant.target.digest if variant.target is not None else None, variant.cached)
+        result = BuiltVariant(variant.rows, variant.target.digest if variant.target is not None else None, variant.cached, variant.arrays)
     elif task.kind == "attack":
         result = run_attack_cell(session, task)
     elif task.kind == "finish":

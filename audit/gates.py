@@ -18,7 +18,7 @@ from attacks.base import ENSEMBLE
 from audit.checks import masking_flags
 from audit.metrics import Category, Direction, metric_info
 from audit.params import REQUIRED, Choice, Flag, Location, Number, Param, ParamSet, Text, optional_tables
-from audit.results import variant_label
+from audit.results import UNDEFENDED, variant_label
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 SEVERITY = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
@@ -39,7 +39,7 @@ GATE_PARAMS = (
     Param("metric", Text(), REQUIRED, "metric name in the results table, e.g. robust_accuracy"),
     Param("model", Text(), "*", "model name, or * for every model"),
     Param("defense", Text(), "*", "defense, or * for every variant"),
-    Param("attack", Text(), None, 'attack id, or * for every attack (default: "ensemble", the per-sample worst case, for robust_accuracy; else *)'),
+    Param("attack", Text(), None, 'attack id, or * for every attack (default: "ensemble", the per-sample worst case, for robust_accuracy and robust_accuracy_delta; else *)'),
     Param("at", Number(), None, "value of the swept parameter (eps, fpr); default: every value"),
     Param("subset", Text(), "all", "subset of the rows: all, class=..., split=test"),
     Param("op", Choice(tuple(OPERATORS)), ">=", "threshold gates: the metric must be <op> threshold"),
@@ -96,7 +96,7 @@ def validate_gates_config(tables: Any, where: Location) -> list[dict[str, Any]]:
             )
         values["id"] = values["id"] or f"{preset or values['metric']}-{i + 1}"
         if values["attack"] is None:
-            values["attack"] = "ensemble" if values["metric"] == "robust_accuracy" else "*"
+            values["attack"] = "ensemble" if values["metric"] in ("robust_accuracy", "robust_accuracy_delta") else "*"
         values.pop("preset")
         gates.append(values)
     ids = [g["id"] for g in gates]
@@ -123,16 +123,26 @@ def _select(table: pd.DataFrame, gate: Gate) -> pd.DataFrame:
     return rows
 
 
+def _evidence(metric: str, category: str) -> tuple[str, bool]:
+    """The category a row's evidence belongs to, and whether the model's undefended variant is part of it (a paired change)."""
+    info = metric_info(metric)
+    return (info.paired_from, True) if info is not None and info.paired_from is not None else (category, False)
+
+
 def _errored_cells(table: pd.DataFrame, gate: Gate) -> pd.DataFrame:
-    """Failed cells that could have produced the gate's evidence (same selectors, same kind of metric)."""
+    """Failed cells that could have produced the gate's evidence (same selectors, same kind of metric; for a paired
+    change, the cells of the model as trained too)."""
     errors = table[table["status"] == "error"]
+    paired = _evidence(gate.metric, "")[1]
     for column in ("model", "defense", "attack"):
         wanted = getattr(gate, column)
         if column == "attack" and wanted in ENSEMBLE.values():
             errors = errors[errors["category"] == Category.INTEGRITY]  # the worst case over all attacks misses the failed one
+        elif column == "defense" and paired and wanted != "*":
+            errors = errors[errors[column].isin([wanted, UNDEFENDED])]
         elif wanted != "*":
             errors = errors[errors[column] == wanted]
-    produced_by = set(table[(table["metric"] == gate.metric) & (table["status"] == "ok")]["category"])
+    produced_by = {_evidence(gate.metric, c)[0] for c in table[(table["metric"] == gate.metric) & (table["status"] == "ok")]["category"]}
     return errors[errors["category"].isin(produced_by)] if produced_by else errors
 
 
@@ -197,11 +207,15 @@ def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: p
         for _, row in rows.iterrows():
             where = {c: row[c] for c in ("model", "defense", "attack", "param_value", "subset")}
             measured = {"value": row["value"], "ci_low": row["ci_low"], "ci_high": row["ci_high"], "n": int(row["n"])}
-            variant = (row["model"], row["defense"])
-            if row["category"] == Category.INTEGRITY and variant not in flags_by_variant:
-                flags_by_variant[variant] = masking_flags(table, *variant)
-            flags = flags_by_variant[variant] if row["category"] == Category.INTEGRITY else pd.DataFrame()
-            if not flags.empty:
+            evidence, paired = _evidence(row["metric"], row["category"])
+            variants = [(row["model"], row["defense"])] + ([(row["model"], UNDEFENDED)] if paired else [])
+            if evidence == Category.INTEGRITY:
+                for variant in variants:
+                    if variant not in flags_by_variant:
+                        flags_by_variant[variant] = masking_flags(table, *variant)
+            flagged = [(v, flags_by_variant[v]) for v in variants if evidence == Category.INTEGRITY and not flags_by_variant[v].empty]
+            if flagged:
+                variant, flags = flagged[0]
                 first = flags.iloc[0]
                 verdict, reason = INCONCLUSIVE, (
                     f"sanity check {first['metric']} flagged on {variant_label(*variant)} ({first['message']}); "

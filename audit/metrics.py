@@ -27,6 +27,7 @@ class Category(StrEnum):
     INTEGRITY = "integrity"
     SANITY = "sanity"
     CONFIDENTIALITY = "confidentiality"
+    COMPARISON = "comparison"
     COST = "cost"
 
 
@@ -52,6 +53,9 @@ class Metric:
     names the report panel built for a family of metrics ("membership", "inversion", "attribute",
     "minimal_perturbation"); a metric without one is shown in its section's generic panel (name,
     meaning, value in its format), so a plugin's new metric is reported with no report code.
+    `paired_from` marks a change of a defended variant against its model as trained, computed
+    from both variants' rows of that category: gates judge it as evidence of that category, of
+    both variants (an unwaived sanity flag on either makes an integrity change inconclusive).
     """
 
     name: str
@@ -64,11 +68,16 @@ class Metric:
     category: Category
     subsets: str = "all"
     panel: str = ""
+    paired_from: Category | None = None
 
     def __post_init__(self) -> None:
-        if self.category not in CATEGORIES:
-            raise KansaError(f'metric "{self.name}": category "{self.category}" is not one of {", ".join(CATEGORIES)}')
+        for field_name in ("category", "paired_from"):
+            value = getattr(self, field_name)
+            if value is not None and value not in CATEGORIES:
+                raise KansaError(f'metric "{self.name}": {field_name} "{value}" is not one of {", ".join(CATEGORIES)}')
         object.__setattr__(self, "category", Category(self.category))
+        if self.paired_from is not None:
+            object.__setattr__(self, "paired_from", Category(self.paired_from))
         if self.panel not in PANELS:
             raise KansaError(f'metric "{self.name}": panel "{self.panel}" is not one of the report\'s panels {", ".join(filter(None, PANELS))} '
                              '(leave it empty for the generic panel)')
@@ -241,6 +250,18 @@ _builtin(
     ("reference_models_reused", _COUNT, _NEUTRAL, None, "all",
      "`rmia` / `lira`: reference models reused from an earlier cell of the same audit (model k is the same for any K with the same settings)"),
 )
+_CHANGE = _Kind("rate difference", "+.3f", True)
+for _name, _direction, _characteristic, _from, _subsets, _meaning in (
+    ("accuracy_delta", _HIGHER, "C-1", Category.PERFORMANCE, "split=test", "clean accuracy minus the model's as trained, paired on the test split"),
+    ("robust_accuracy_delta", _HIGHER, "C-2", Category.INTEGRITY, "all",
+     "robust accuracy minus the model's as trained, paired on the attacked samples (attack ensemble / ensemble-l2: the worst cases)"),
+    ("auc_delta", _LOWER, "S", Category.CONFIDENTIALITY, "all",
+     "membership AUC minus the model's as trained, paired on the same members and non-members (attack membership-strongest: the highest AUC of each)"),
+    ("tpr_at_fpr_delta", _LOWER, "S", Category.CONFIDENTIALITY, "all",
+     "membership TPR at a fixed FPR minus the model's as trained, paired as `auc_delta`"),
+):
+    register_metric(Metric(_name, _meaning, _direction, _CHANGE.unit, _CHANGE.format, _characteristic, True, Category.COMPARISON, _subsets,
+                           paired_from=_from))
 _builtin(
     Category.DEFENSE,
     ("training_eps", _LINF, _NEUTRAL, "C-2", "all", "adversarial training: the L-inf radius trained against"),

@@ -42,6 +42,7 @@ COLUMNS = [
 TIMING_CATEGORIES = (Category.COST,)
 
 # The `defense` of the undefended variant of a model, which every audit includes.
+TEST_CORRECT = "sample/test_correct"  # a variant artifact: which test samples it classifies correctly
 UNDEFENDED = "none"
 
 
@@ -157,12 +158,13 @@ class DefenseRecord:
 
 @dataclass
 class VariantRecord:
-    """A model variant that was attacked: its weights' digest, and whether they came from the weight cache."""
+    """A model variant that was attacked: its weights' digest, whether they came from the weight cache, and its per-sample artifact."""
 
     model: str
     defense: str
     sha256: str
     cached: bool
+    artifact: str = ""  # "" in runs of an older Kansa
 
 
 @dataclass
@@ -271,6 +273,15 @@ class AuditResult:
             arrays = self.artifacts.get(Path(cell.artifact).stem) if cell.status == "ok" and cell.artifact else None
             if arrays is not None:
                 found[(cell.model, cell.defense, cell.attack)] = arrays
+        return found
+
+    def variant_arrays(self) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+        """The saved per-sample arrays of every built variant whose artifact is present, by (model, defense)."""
+        found = {}
+        for variant in self.metadata.variants:
+            arrays = self.artifacts.get(Path(variant.artifact).stem) if variant.artifact else None
+            if arrays is not None:
+                found[(variant.model, variant.defense)] = arrays
         return found
 
     def metric(self, metric: str, **where: Any) -> pd.DataFrame:

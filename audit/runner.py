@@ -22,10 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from attacks import registry as attack_registry
 from audit.cache import array_digest, default_cache_path
-from audit.cells import JOURNAL, JOURNAL_OWNER, BuiltVariant, CellResult, Task, cell_key, load_cell, save_cell, waived
+from audit.cells import JOURNAL, JOURNAL_OWNER, BuiltVariant, CellResult, Task, cell_key, load_cell, save_cell, slug, waived
 from audit.config import Config, check_against_data, load_config
 from audit.data import quality_rows
+from audit.deltas import change_rows
 from audit.errors import KansaError
 from audit.executors import Executor, make_executor
 from audit.files import write_text_atomic
@@ -241,7 +243,9 @@ def assemble(plan: Plan, session: AuditSession, executed: Executed) -> Assembled
         out.rows += variant.rows
         if variant.digest is None:
             continue
-        out.variants.append(VariantRecord(model, defense, variant.digest, variant.cached))
+        artifact = f"artifacts/{slug(model)}-{slug(defense)}-variant-{variant.digest[:8]}.npz"
+        out.variants.append(VariantRecord(model, defense, variant.digest, variant.cached, artifact))
+        out.artifacts[Path(artifact).stem] = variant.arrays
         where = {"model": model, "defense": defense}
         for attack_cfg in config.attacks:
             cell = executed.cells[(model, defense, attack_cfg["id"])]
@@ -250,6 +254,10 @@ def assemble(plan: Plan, session: AuditSession, executed: Executed) -> Assembled
             if cell.record.status == "ok":
                 out.artifacts[Path(cell.record.artifact).stem] = cell.arrays
         out.rows += [{**row, **where} for row in waived(executed.finished[(model, defense)].rows, model, defense, config)]
+    attacks = {a["id"]: attack_registry()[a["name"]](**a["params"]) for a in config.attacks}
+    cells = {key: cell.arrays for key, cell in executed.cells.items() if cell.record.status == "ok"}
+    built = {pair: variant.arrays for pair, variant in executed.variants.items() if variant.digest is not None}
+    out.rows += change_rows(cells, built, attacks, config.seed)
     return out
 
 

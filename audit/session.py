@@ -38,7 +38,7 @@ from audit.models import (
     train,
 )
 from audit.params import Location, ParamSet
-from audit.results import UNDEFENDED, count_row, error_row, rate_row
+from audit.results import TEST_CORRECT, UNDEFENDED, count_row, error_row, rate_row
 from audit.seeding import derive_seed, seed_everything
 from defenses import registry
 from defenses.base import Defended, DefenseContext
@@ -88,8 +88,10 @@ class Progress:
             print(f"kansa: {message}", file=sys.stderr, flush=True)
 
 
-def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
+def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The rows, and which test samples the variant classifies correctly (for paired comparisons with other variants)."""
     rows: list[dict[str, Any]] = []
+    test_correct = np.zeros(0, dtype=bool)
     for split_name, idx in splits.items():
         start = time.perf_counter()
         pred = target.predict(dataset.x[idx])
@@ -98,6 +100,7 @@ def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> list[
         rows.append(rate_row("accuracy", correct, len(idx), subset=f"split={split_name}"))
         if split_name != "test":
             continue
+        test_correct = pred == dataset.y[idx]
         rows.append(count_row("inference_ms_per_sample", 1000 * seconds / max(len(idx), 1), category=Category.COST, subset="split=test"))
         truth = dataset.y[idx]
         for label, name in enumerate(dataset.class_names):
@@ -108,7 +111,7 @@ def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> list[
             for other, other_name in enumerate(dataset.class_names):
                 count = int((actual & (pred == other)).sum())
                 rows.append(count_row("confusion", count, subset=f"true={name};pred={other_name}"))
-    return [{"category": Category.PERFORMANCE, **row} for row in rows]
+    return [{"category": Category.PERFORMANCE, **row} for row in rows], test_correct
 
 
 @dataclass
@@ -200,20 +203,21 @@ def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config
     return PreparedModel(cfg, module, output_kind, rows, seconds, cached, recipe, base_parts, build_variant, architecture_name)
 
 
-def _variant_rows(target: Target, defended: Defended, dataset: Dataset, splits: Splits) -> list[dict[str, Any]]:
-    """What a variant costs (size, training and inference time), what it is, and how well it performs."""
+def _variant_rows(target: Target, defended: Defended, dataset: Dataset, splits: Splits) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """What a variant costs (size, training and inference time), what it is, and how well it performs; and its per-sample arrays."""
     size, total, nonzero = model_size(defended.module)
+    performance, test_correct = _performance_rows(target, dataset, splits)
     rows = [
         count_row("size_bytes", size, category=Category.COST),
         count_row("parameters", total, category=Category.COST),
         count_row("nonzero_parameters", nonzero, category=Category.COST),
         *defended.rows,
-        *_performance_rows(target, dataset, splits),
+        *performance,
     ]
     if defended.training_seconds is not None:
         rows.append(count_row("training_seconds", defended.training_seconds, category=Category.COST,
                               message="measured when first trained; this run reused the cached weights" if defended.cached else ""))
-    return [{**row, "model": target.name, "defense": target.defense} for row in rows]
+    return [{**row, "model": target.name, "defense": target.defense} for row in rows], {TEST_CORRECT: test_correct}
 
 
 def trainer_for(cfg: dict[str, Any], dataset: Dataset, cache: WeightCache | None = None,
@@ -261,6 +265,7 @@ class Variant:
     rows: list[dict[str, Any]]
     probes: list[dict[str, Any]] = field(default_factory=list)
     cached: bool = False
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # per-sample results, saved as the variant's artifact
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -333,7 +338,7 @@ class AuditSession:
         labels = (model,) if defense_id == UNDEFENDED else (model, defense_id)
         target = make_target(defended.module, self.dataset, defended.output_kind, model, defense_id, defended.gradient, self.device)
         seed_everything(derive_seed(config.seed, "performance", *labels))
-        rows = _variant_rows(target, defended, self.dataset, self.splits)
+        rows, arrays = _variant_rows(target, defended, self.dataset, self.splits)
         seed_everything(derive_seed(config.seed, "checks", *labels))
         if randomized or probe_randomness(target, self.x_eval):
             samples = config.checks["eot_samples"]
@@ -343,7 +348,7 @@ class AuditSession:
             note = flag(RANDOMIZED, False, "identical calls gave identical outputs")
         gradients = [probe_gradients(target, self.x_eval, self.y_eval)] if target.differentiable else []  # nothing to mask without them
         probes = [note, *gradients] if config.checks["enabled"] else []
-        return Variant(model, defense_id, target, rows, probes, defended.cached)
+        return Variant(model, defense_id, target, rows, probes, defended.cached, arrays)
 
 
 _SESSIONS: dict[tuple[str, str], AuditSession] = {}

@@ -26,6 +26,7 @@ import pandas as pd
 
 from attacks.base import ENSEMBLE
 from audit.checks import masking_flags, waiver_reason
+from audit.deltas import STRONGEST
 from audit.errors import KansaError
 from audit.files import write_text_atomic
 from audit.metrics import Category
@@ -49,6 +50,8 @@ DETAILS, FAILED, PARETO, PARETO_NOTE = "defense_details", "failed", "pareto", "p
 FLAGS, WAIVED, FAILED_INTEGRITY, FAILED_MEMBERSHIP = "flags", "waived", "failed_integrity", "failed_membership"
 TEXT_COLUMNS = (MIA_AUC_ATTACK, MIA_TPR_ATTACK, DETAILS, FLAGS, WAIVED, FAILED, FAILED_INTEGRITY, FAILED_MEMBERSHIP)
 DELTA = "_delta"
+DELTA_LOW, DELTA_HIGH = "_delta_low", "_delta_high"  # the paired 95% interval of a change (audit.deltas), where the run measured one
+PAIRED = "_paired"  # a line's (value, low, high) of its change row, reconciled with the computed delta in `_add_deltas`
 
 _ROBUST = re.compile(r"robust_accuracy\[(?P<attack>.+)@(?P<eps>[^@\]]+)\]")
 
@@ -72,6 +75,29 @@ def robust_columns(comparison: pd.DataFrame) -> list[str]:
 def value_columns(comparison: pd.DataFrame) -> list[str]:
     """The numeric measurements that carry a delta, in display order."""
     return [CLEAN, *robust_columns(comparison), MIA_AUC, MIA_TPR, *COSTS]
+
+
+def sampled(column: str) -> bool:
+    """Whether a column is measured on samples, so its change needs an interval to be read (costs are not)."""
+    return column not in COSTS
+
+
+def _changes(rows: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    """The variant's paired change rows (audit.deltas) by the comparison column they belong to."""
+    found: dict[str, tuple[float, float, float]] = {}
+    for _, row in rows[rows["category"] == Category.COMPARISON].iterrows():
+        if row["metric"] == "accuracy_delta" and row["subset"] == "split=test":
+            column = CLEAN
+        elif row["metric"] == "robust_accuracy_delta" and pd.notna(row["param_value"]):
+            column = robust_column(row["attack"], row["param_value"])
+        elif row["metric"] == "auc_delta" and row["attack"] == STRONGEST:
+            column = MIA_AUC
+        elif row["metric"] == "tpr_at_fpr_delta" and row["attack"] == STRONGEST and np.isclose(row["param_value"], MIA_FPR):
+            column = MIA_TPR
+        else:
+            continue
+        found.setdefault(column, (float(row["value"]), float(row["ci_low"]), float(row["ci_high"])))
+    return found
 
 
 def _ok(table: pd.DataFrame) -> pd.DataFrame:
@@ -150,6 +176,8 @@ def _variant_line(rows: pd.DataFrame, declared: DefenseRecord | None, membership
     for metric in COSTS:
         line[metric] = _first_value(cost, metric)
     line[DETAILS] = _defense_details(ok[ok["category"] == Category.DEFENSE], declared)
+    for column, change in _changes(ok).items():
+        line[column + PAIRED] = change
     errors = rows[rows["status"] == "error"]
     line[FAILED] = _failed(errors)
     line[FAILED_INTEGRITY] = _failed(errors[errors["category"] == Category.INTEGRITY])
@@ -173,21 +201,32 @@ def _ordered(comparison: pd.DataFrame) -> pd.DataFrame:
     robust = sorted(robust_columns(comparison), key=lambda c: (attacks.index(parse_robust_column(c)[0]), parse_robust_column(c)[1]))
     columns = [k for k in (KEYS[0], GROUP, *KEYS[1:]) if k in comparison]
     for column in [CLEAN, *robust, MIA_AUC, MIA_TPR, *COSTS]:
-        columns += [column, column + DELTA] + ([ATTACK_OF[column]] if column in ATTACK_OF else [])
+        columns += [column, column + DELTA] + ([column + DELTA_LOW, column + DELTA_HIGH] if sampled(column) else [])
+        columns += [ATTACK_OF[column]] if column in ATTACK_OF else []
     columns += [DETAILS, FLAGS, WAIVED, FAILED, FAILED_INTEGRITY, FAILED_MEMBERSHIP]
     columns += [c for c in (PARETO, PARETO_NOTE) if c in comparison]
     return comparison[columns]
 
 
 def _add_deltas(comparison: pd.DataFrame) -> pd.DataFrame:
-    """value - the same model's baseline value (within the same run); NaN when either is missing."""
+    """value - the same model's baseline value (within the same run); NaN when either is missing.
+
+    The change's interval is the run's paired one, taken only when that row measured this very
+    difference (a strongest-attack AUC over other attacks, say, is not this change).
+    """
     group = [k for k in ("run", "model") if k in comparison]
     out = comparison.copy()
     for column in value_columns(comparison):
         baseline = comparison[column].where(comparison["defense"] == UNDEFENDED)
         reference = baseline.groupby([comparison[k] for k in group]).transform("first")
-        out[column + DELTA] = comparison[column] - reference
-    return out
+        out[column + DELTA] = delta = comparison[column] - reference
+        if not sampled(column):
+            continue
+        paired = comparison[column + PAIRED] if column + PAIRED in comparison else pd.Series([None] * len(comparison), index=comparison.index)
+        same = [isinstance(p, tuple) and np.isclose(p[0], d, rtol=0, atol=1e-9) for p, d in zip(paired, delta)]
+        out[column + DELTA_LOW] = [p[1] if ok else math.nan for p, ok in zip(paired, same)]
+        out[column + DELTA_HIGH] = [p[2] if ok else math.nan for p, ok in zip(paired, same)]
+    return out.drop(columns=[c for c in out.columns if c.endswith(PAIRED)])
 
 
 def comparison_table(table: pd.DataFrame, defenses: Sequence[DefenseRecord] = (), run: str | None = None,
@@ -216,8 +255,8 @@ def comparison_table(table: pd.DataFrame, defenses: Sequence[DefenseRecord] = ()
 def combine(comparisons: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Several runs' comparison tables (each built with its `run` label) as one; deltas stay within each run."""
     combined = pd.concat(list(comparisons), ignore_index=True)
-    robust = robust_columns(combined)
-    combined[robust + [c + DELTA for c in robust]] = combined[robust + [c + DELTA for c in robust]].astype("float64")
+    numeric = [c + suffix for c in robust_columns(combined) for suffix in ("", DELTA, DELTA_LOW, DELTA_HIGH)]
+    combined[numeric] = combined[numeric].astype("float64")
     return _ordered(combined)
 
 
@@ -457,14 +496,27 @@ def _signed(number: float, text: str) -> str:
     return ("+" if number > 0 else "−") + text
 
 
-def format_delta(column: str, value: float, delta: float, t: Callable[..., str]) -> str:
-    """The change against the baseline as a reader compares it: accuracy in points, sizes and times in percent."""
-    if math.isnan(delta):
-        return "–"
-    if column == CLEAN or column == MIA_TPR or parse_robust_column(column):
-        return t("delta_pts", delta=_signed(delta, f"{abs(delta) * 100:.1f}"))
+def _change(column: str, delta: float, t: Callable[..., str] | None) -> str:
+    """A change of a sampled measurement: accuracies and TPR in points (with the unit when `t` is given), AUC as a difference."""
     if column == MIA_AUC:
         return _signed(delta, f"{abs(delta):.3f}")
+    points = _signed(delta, f"{abs(delta) * 100:.1f}")
+    return t("delta_pts", delta=points) if t is not None else points
+
+
+def format_delta(column: str, value: float, delta: float, t: Callable[..., str], low: float = math.nan, high: float = math.nan) -> str:
+    """The change against the baseline as a reader compares it: accuracy in points with its paired interval, sizes and times in percent.
+
+    A change whose interval covers 0 reads as no measurable change; one without an interval says so.
+    """
+    if math.isnan(delta):
+        return "–"
+    if sampled(column):
+        text = _change(column, delta, t)
+        if math.isnan(low) or math.isnan(high):
+            return t("delta_no_interval", change=text)
+        interval = f"{text} [{_change(column, low, None)}, {_change(column, high, None)}]"
+        return t("delta_none", change=interval) if low <= 0 <= high else interval
     reference = value - delta
     if reference and math.isfinite(reference):
         return _signed(delta, f"{abs(delta) / abs(reference) * 100:.1f}%")
@@ -475,7 +527,8 @@ def delta_text(row: pd.Series, column: str, t: Callable[..., str]) -> str:
     """A variant's change in `column` as shown next to its value; nothing for the baseline itself or a value that is missing."""
     if row["defense"] == UNDEFENDED or math.isnan(row[column]):
         return ""
-    return format_delta(column, row[column], row[column + DELTA], t)
+    low, high = (row[column + DELTA_LOW], row[column + DELTA_HIGH]) if sampled(column) else (math.nan, math.nan)
+    return format_delta(column, row[column], row[column + DELTA], t, low, high)
 
 
 def format_value(column: str, value: float) -> str:

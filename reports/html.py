@@ -257,7 +257,7 @@ def _defenses(run: Run) -> dict[str, Any] | None:
 def _diagnostics(run: Run) -> dict[str, Any]:
     table = run.table
     errors = table[table["status"] == "error"]
-    shown_elsewhere = (Category.INTEGRITY, Category.SANITY, Category.CONFIDENTIALITY)
+    shown_elsewhere = (Category.INTEGRITY, Category.SANITY, Category.CONFIDENTIALITY, Category.COMPARISON)
     notes = table[(table["message"] != "") & (table["status"] == "ok") & ~table["category"].isin(shown_elsewhere)]
     limitations = [run.t("lim_bounds"), run.t("lim_samples", n=run.meta.data.evaluation_samples)]
 

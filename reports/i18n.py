@@ -273,6 +273,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "cmp_training_seconds": ("Training time (s)", "学習時間 (秒)"),
     "cmp_inference_ms_per_sample": ("Inference time (ms per sample)", "推論時間 (ミリ秒/件)"),
     "delta_pts": ("{delta} pts", "{delta} pt"),
+    "delta_none": ("no measurable change: {change}", "有意な変化なし: {change}"),
+    "delta_no_interval": ("{change} (no paired interval)", "{change} (対応のある区間なし)"),
     "cmp_baseline": ("baseline", "ベースライン"),
     "yes": ("yes", "はい"),
     "no": ("no", "いいえ"),

@@ -99,7 +99,8 @@ def test_one_line_per_variant_with_deltas_against_its_own_models_baseline():
     comparison = comparison_table(two_models())
     assert list(zip(comparison["model"], comparison["defense"])) == [
         ("cnn", "none"), ("cnn", "dp"), ("cnn", "adv"), ("mlp", "none"), ("mlp", "pruned"), ("mlp", "quant")]
-    assert list(comparison.columns[:8]) == ["model", "defense", CLEAN, CLEAN + DELTA, PGD, PGD + DELTA, ENS, ENS + DELTA]
+    paired = ("_delta", "_delta_low", "_delta_high")
+    assert list(comparison.columns[:14]) == ["model", "defense", *(c + suffix for c in (CLEAN, PGD, ENS) for suffix in ("", *paired))]
     dp, quant = line(comparison, "cnn", "dp"), line(comparison, "mlp", "quant")
     assert dp[CLEAN + DELTA] == pytest.approx(0.90 - 0.95) and quant[CLEAN + DELTA] == pytest.approx(0.78 - 0.80)
     assert dp[PGD] == 0.25 and dp[PGD + DELTA] == pytest.approx(0.05)
