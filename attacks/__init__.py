@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from audit.plugins import Registry
 
@@ -23,3 +23,23 @@ ATTACKS: Registry[type["Attack"]] = Registry(
 )
 register = ATTACKS.register
 registry = ATTACKS.all
+
+
+def swept_eps(attacks: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per norm ("inf", "2"), every eps the configured attacks (validated `[[attacks]]` tables) sweep, sorted."""
+    known = registry()
+    swept: dict[str, set[float]] = {}
+    for entry in attacks:
+        if entry["name"] not in known:
+            continue
+        attack = known[entry["name"]](**entry["params"])
+        if attack.norm is not None and "eps" in attack.values:
+            eps = attack.values["eps"]
+            swept.setdefault(attack.norm, set()).update(float(e) for e in (eps if isinstance(eps, list) else [eps]))
+    return {norm: sorted(values) for norm, values in swept.items()}
+
+
+def attack_norms(attacks: list[dict[str, Any]]) -> dict[str, str | None]:
+    """The threat model (norm) of each configured attack, by id."""
+    known = registry()
+    return {a["id"]: known[a["name"]](**a["params"]).norm for a in attacks if a["name"] in known}

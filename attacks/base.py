@@ -394,6 +394,7 @@ class MinimizationAttack(Attack):
 
 
 ENSEMBLE = {"inf": "ensemble", "2": "ensemble-l2"}
+THREAT_EPS = {"inf": "threat_linf_eps", "2": "threat_l2_eps"}  # the [evaluation] keys declaring each norm's threat-model eps
 
 
 def worst_case(outputs: dict[str, tuple[str, dict[str, np.ndarray]]]) -> dict[tuple[str, float], tuple[list[str], np.ndarray]]:

@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     from audit.api import run_audit
     from audit.results import UNDEFENDED
     from reports.html import report_name
+    from reports.terminal import terminal_summary
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = run_audit(
@@ -108,8 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     errors = result.errors
     cells = len(result.metadata.cells)
-    print(f"report:  {out / report_name(args.lang)}")
-    print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
+    print(terminal_summary(result, out / report_name(args.lang), out))
     if len(errors):
         failed = sorted({"/".join(part for part in (r.model, r.defense if r.defense != UNDEFENDED else "", r.attack or "(defense)") if part)
                          for r in errors.itertuples()})

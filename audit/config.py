@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attacks import registry as attack_registry
-from attacks.base import ENSEMBLE
+from attacks import swept_eps
+from attacks.base import ENSEMBLE, THREAT_EPS
 from audit.checks import CHECKS_PARAMS, WAIVER_PARAMS, validate_waivers
 from audit.data import COMMON_PARAMS as DATA_COMMON
 from audit.data import ONE_SOURCE_PARAMS, SOURCE_PARAMS, validate_data_config
@@ -36,6 +37,10 @@ TOP_PARAMS = (
 EVALUATION_PARAMS = (
     Param("samples", Number(1, None, integer=True), None, "attack at most this many test samples (default: the whole test split)"),
     Param("repeats", Number(1, 100, integer=True), 1, "re-run randomised attacks with other seeds; results carry the mean and std"),
+    Param("threat_linf_eps", Number(0, None, closed="neither"), None,
+          "the L-inf budget your threat model names (e.g. 0.1, or 8/255 = 0.0314); every headline reports robust accuracy at it; "
+          "it must be among the eps an L-inf attack sweeps"),
+    Param("threat_l2_eps", Number(0, None, closed="neither"), None, "the same for the L2 threat model"),
 )
 HISTORY_PARAMS = (
     Param("enabled", Flag(), True, "record every run in the history database"),
@@ -204,6 +209,17 @@ def validate_defense_config(table: Any, where: Location, model_names: list[str])
     return {"name": name, "id": defense_id or name, "models": models or list(model_names), "params": values}
 
 
+def _check_threat_eps(evaluation: dict[str, Any], attacks: list[dict[str, Any]], where: Location) -> None:
+    """A declared threat-model eps must be measured: the headline is never read off a neighbouring eps."""
+    swept = swept_eps(attacks)
+    for norm, key in THREAT_EPS.items():
+        eps = evaluation[key]
+        if eps is not None and not any(abs(eps - e) <= 1e-9 * max(1.0, eps) for e in swept.get(norm, [])):
+            listed = ", ".join(f"{e:g}" for e in swept.get(norm, [])) or "none"
+            raise where.child(key).error(f"{eps:g} is not among the eps the {'L-inf' if norm == 'inf' else 'L2'} attacks sweep ({listed}); "
+                                         "add it to an attack's eps list")
+
+
 def load_config(path: str | Path, seed: int | None = None) -> Config:
     """Parse and validate; every error names the file and the key path."""
     path = Path(path)
@@ -219,6 +235,7 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
     evaluation = ParamSet(EVALUATION_PARAMS).validate(raw.get("evaluation", {}), where.child("evaluation"))
     attacks = [validate_attack_config(a, where.child("attacks").child(i)) for i, a in enumerate(_list_of_tables(raw, "attacks", where))]
     _unique(attacks, "id", where, "attacks")
+    _check_threat_eps(evaluation, attacks, where.child("evaluation"))
     names = [m["name"] for m in models]
     defenses = [validate_defense_config(d, where.child("defenses").child(i), names)
                 for i, d in enumerate(optional_tables(raw.get("defenses"), where.child("defenses")))]

@@ -10,6 +10,7 @@ from reports.comparison import comparison_of, run_reference, write_comparison
 from reports.html import write_html
 from reports.junit import write_junit
 from reports.markdown import write_summary
+from reports.queries import headline_column
 from reports.tabular import write_csv, write_gates_json, write_json
 
 
@@ -29,7 +30,8 @@ def write_outputs(result: AuditResult, out_dir: Path, lang: str = "en") -> dict[
     for key, arrays in result.artifacts.items():
         write_npz_atomic(out_dir / "artifacts" / f"{key}.npz", arrays)
     written = {"json": write_json(result, out_dir), "csv": write_csv(result, out_dir)}
-    written.update(write_comparison(comparison_of(result), out_dir, [run_reference(result.metadata)]))
+    comparison = comparison_of(result)
+    written.update(write_comparison(comparison, out_dir, [run_reference(result.metadata)], headline_column(comparison, result.metadata.config)))
     written.update(write_gate_outputs(result, out_dir))
     written["html"] = write_html(result, out_dir, lang)
     return written

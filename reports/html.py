@@ -26,7 +26,7 @@ from reports.comparison import comparison_of, has_defenses
 from reports.confidentiality import build_confidentiality
 from reports.formatting import fmt, fmt_ci
 from reports.junit import case_name
-from reports.queries import headline
+from reports.queries import NORM_NAMES, attacks_behind, headline, headline_column, headline_eps
 from reports.scorecard import Run, build_run, gate_characteristic, traffic_light
 from reports.templating import template_environment
 from reports.trade_offs import comparison_context
@@ -59,17 +59,20 @@ def _scorecard(run: Run) -> dict[str, Any]:
         for _, check in run.result.gates.iterrows()
     ]
     verdict = overall_verdict(run.result.gates)
+    chosen = headline_eps(run.meta.config)
     models = [
         {
-            "model": item["model"],
-            "clean": fmt_ci(item["clean"]),
-            "worst": fmt_ci(item["worst"]) if item["worst"] is not None else "–",
-            "worst_at": f"{item['worst']['attack']} eps={item['worst']['param_value']:g}" if item["worst"] is not None else "",
+            "model": item.model,
+            "clean": fmt_ci(item.clean),
+            "robust": [{"value": fmt_ci(row) if row is not None else "–", "behind": attacks_behind(row) if row is not None else ""}
+                       for _, row in item.robust],
         }
-        for item in headline(run.table)
+        for item in headline(run.table, run.meta.config)
     ]
     return {"lights": lights, "gates": gates, "verdict": verdict, "verdict_text": run.t(verdict) if verdict else "",
-            "baseline": run.meta.baseline, "headline": models}
+            "baseline": run.meta.baseline, "headline": models,
+            "headline_columns": [run.t("robust_at", norm=NORM_NAMES[e.norm], eps=f"{e.eps:g}") for e in chosen],
+            "headline_notes": [e.text(run.t) for e in chosen]}
 
 
 def _characteristic(run: Run, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -251,7 +254,7 @@ def _security(run: Run) -> dict[str, Any]:
 def _defenses(run: Run) -> dict[str, Any] | None:
     """The trade-off between the defended variants, omitted when every model was audited only as trained."""
     comparison = comparison_of(run.result)
-    return comparison_context(comparison, run.t) if has_defenses(comparison) else None
+    return comparison_context(comparison, run.t, headline_column(comparison, run.meta.config)) if has_defenses(comparison) else None
 
 
 def _diagnostics(run: Run) -> dict[str, Any]:

@@ -106,8 +106,25 @@ TEXT: dict[str, tuple[str, str]] = {
     "finding": ("Finding", "所見"),
     "model": ("Model", "モデル"),
     "clean_accuracy": ("Clean accuracy (test)", "通常正解率 (評価)"),
-    "lowest_robust": ("Lowest robust accuracy", "最小の頑健正解率"),
     "at": ("at", "条件"),
+    "robust_at": ("Robust accuracy at eps {eps} ({norm})", "eps {eps} ({norm}) での頑健正解率"),
+    "over_attacks": ("worst case over {attacks}", "{attacks} の最悪ケース"),
+    "headline_declared": (
+        "Robust accuracy ({norm}) is read at eps {eps}, the threat model declared in {source}; the whole curve over {sweep} is in C-2.",
+        "頑健正解率 ({norm}) は {source} で宣言された脅威モデルの eps {eps} での値です。{sweep} にわたる曲線は C-2 にあります。",
+    ),
+    "headline_gate": (
+        "Robust accuracy ({norm}) is read at eps {eps}, the eps gate {source} judges; no threat model is declared "
+        "([evaluation] threat_linf_eps / threat_l2_eps). The whole curve over {sweep} is in C-2.",
+        "頑健正解率 ({norm}) はゲート {source} が判定する eps {eps} での値です。脅威モデルは宣言されていません "
+        "([evaluation] threat_linf_eps / threat_l2_eps)。{sweep} にわたる曲線は C-2 にあります。",
+    ),
+    "headline_middle": (
+        "Robust accuracy ({norm}) is read at eps {eps}, the middle of the sweep {sweep}, because no threat model is declared "
+        "([evaluation] threat_linf_eps / threat_l2_eps) and no gate names an eps; the whole curve is in C-2.",
+        "脅威モデルが宣言されておらず ([evaluation] threat_linf_eps / threat_l2_eps)、eps を指定するゲートもないため、"
+        "頑健正解率 ({norm}) は掃引 {sweep} の中央の eps {eps} での値です。曲線全体は C-2 にあります。",
+    ),
     "accuracy_ci": ("Accuracy [95% CI]", "正解率 [95%区間]"),
     "class": ("Class", "クラス"),
     "precision": ("Precision", "適合率"),

@@ -27,9 +27,10 @@ from reports.comparison import (
     resolve_axes,
     row_label,
 )
+from reports.formatting import fmt_ci
 from reports.i18n import translator
 from reports.junit import case_name
-from reports.queries import headline
+from reports.queries import NORM_NAMES, attacks_behind, headline, headline_column
 from reports.scorecard import build_run, traffic_light
 
 LIGHTS = {"red": "🔴", "amber": "🟠", "grey": "⚪", "green": "🟢"}
@@ -70,15 +71,18 @@ def summary_markdown(result: AuditResult) -> str:
             lines += [f"- {escape(variant_label(r['model'], r['defense']))} / {escape(r['attack'] or '(defense)')}: {escape(r['message'])}"
                       for _, r in cells.iterrows()]
             lines.append("")
-    models = headline(table)
+    models = headline(table, meta.config)
     if models:
-        lines += ["### Headline", "", "| model | clean accuracy (test) | lowest robust accuracy | at |", "| --- | --- | --- | --- |"]
+        t = translator("en")
+        chosen = [eps for eps, _ in models[0].robust]
+        lines += ["### Headline", "", "| model | clean accuracy (test) | " + " | ".join(escape(t("robust_at", norm=NORM_NAMES[e.norm], eps=f"{e.eps:g}"))
+                                                                          for e in chosen) + " |",
+                  "| --- | --- | " + "--- | " * len(chosen)]
         for item in models:
-            clean, worst = item["clean"], item["worst"]
-            at = f"{escape(worst['attack'])} eps={worst['param_value']:g}" if worst is not None else "–"
-            low = f"{worst['value']:.3f}" if worst is not None else "–"
-            lines.append(f"| {escape(item['model'])} | {clean['value']:.3f} [{clean['ci_low']:.3f}, {clean['ci_high']:.3f}] | {low} | {at} |")
-        lines.append("")
+            cells = [f"{fmt_ci(row)} ({escape(t('over_attacks', attacks=attacks_behind(row)))})" if row is not None else "–"
+                     for _, row in item.robust]
+            lines.append(f"| {escape(item.model)} | {fmt_ci(item.clean)} | " + " | ".join(cells) + " |")
+        lines += ["", *(escape(e.text(t)) for e in chosen), ""]
     lines += _trade_offs(result)
     return "\n".join(lines)
 
@@ -89,7 +93,7 @@ def _trade_offs(result: AuditResult) -> list[str]:
     if not has_defenses(comparison):
         return []
     t = translator("en")
-    axes = resolve_axes(comparison)
+    axes = resolve_axes(comparison, headline_column(comparison, result.metadata.config))
     front = pareto_front(comparison, axes.robust, axes.privacy)
     reasons = dict(zip(comparison.index, exclusions(comparison, axes)))
     columns = [c for c in (CLEAN, axes.robust, MIA_AUC, "size_bytes", "inference_ms_per_sample") if c and comparison[c].notna().any()]

@@ -2,20 +2,94 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import pandas as pd
 
+from attacks import attack_norms, swept_eps
+from attacks.base import ENSEMBLE, THREAT_EPS
 from audit.results import variant_label
+from reports.comparison import robust_column
+
+NORM_NAMES = {"inf": "L∞", "2": "L2"}
 
 
-def headline(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per model variant: its test accuracy row and its lowest robust-accuracy row (None when no attack succeeded)."""
+@dataclass(frozen=True)
+class HeadlineEps:
+    """The eps a headline reads robust accuracy at, for one norm, and why that one.
+
+    `why` is "declared" (the config's threat model), "gate" (the eps a robustness gate judges at;
+    `source` names it) or "middle" (the middle of the sweep, as nothing was declared); never
+    silently the largest eps, where every undefended model scores 0 and the headline says nothing.
+    """
+
+    norm: str
+    eps: float
+    why: str
+    source: str
+    sweep: tuple[float, ...]
+
+    def text(self, t: Callable[..., str]) -> str:
+        return t(f"headline_{self.why}", norm=NORM_NAMES[self.norm], eps=f"{self.eps:g}", source=self.source,
+                 sweep=", ".join(f"{e:g}" for e in self.sweep))
+
+
+def headline_eps(config: dict[str, Any]) -> list[HeadlineEps]:
+    """Per norm the run attacked: the declared threat-model eps, else a robustness gate's, else the middle of the sweep."""
+    swept = swept_eps(config.get("attacks", []))
+    evaluation = config.get("evaluation", {})
+    attack_norm = {**{name: norm for norm, name in ENSEMBLE.items()}, **attack_norms(config.get("attacks", []))}
+    out = []
+    for norm, sweep in swept.items():
+        declared = evaluation.get(THREAT_EPS[norm])
+        gated = [g for g in config.get("gates", []) if g["metric"] == "robust_accuracy" and g["at"] is not None
+                 and attack_norm.get(g["attack"]) == norm and any(math.isclose(g["at"], e) for e in sweep)]
+        if declared is not None:
+            out.append(HeadlineEps(norm, float(declared), "declared", f"[evaluation] {THREAT_EPS[norm]}", tuple(sweep)))
+        elif gated:
+            out.append(HeadlineEps(norm, float(gated[0]["at"]), "gate", gated[0]["id"], tuple(sweep)))
+        else:
+            out.append(HeadlineEps(norm, sweep[(len(sweep) - 1) // 2], "middle", "", tuple(sweep)))
+    return out
+
+
+@dataclass
+class Headline:
+    """One variant's headline: its test accuracy row, and per headline eps its worst-case robust-accuracy row (None when unmeasured)."""
+
+    model: str
+    clean: pd.Series
+    robust: list[tuple[HeadlineEps, pd.Series | None]]
+
+
+def headline(table: pd.DataFrame, config: dict[str, Any]) -> list[Headline]:
+    """Per model variant: clean accuracy, and robust accuracy at each `headline_eps` over every attack (the ensemble's row)."""
     accuracy = table[(table["metric"] == "accuracy") & (table["subset"] == "split=test")]
     robust = table[(table["metric"] == "robust_accuracy") & (table["subset"] == "all") & (table["status"] == "ok")]
+    chosen = headline_eps(config)
     out = []
     for _, row in accuracy.iterrows():
         mine = robust[(robust["model"] == row["model"]) & (robust["defense"] == row["defense"])]
-        worst = mine.sort_values("value", kind="stable").head(1)
-        out.append({"model": variant_label(row["model"], row["defense"]), "clean": row, "worst": worst.iloc[0] if len(worst) else None})
+        at = []
+        for eps in chosen:
+            found = mine[(mine["attack"] == ENSEMBLE[eps.norm]) & ((mine["param_value"] - eps.eps).abs() <= 1e-9)]
+            at.append((eps, found.iloc[0] if len(found) else None))
+        out.append(Headline(variant_label(row["model"], row["defense"]), row, at))
     return out
+
+
+def attacks_behind(row: pd.Series) -> str:
+    """The attacks a worst-case row was taken over, as its message names them."""
+    return str(row["message"]).removeprefix("worst case per sample over ")
+
+
+def headline_column(comparison: pd.DataFrame, config: dict[str, Any]) -> str | None:
+    """The comparison's robust-accuracy column at the headline eps (L-inf first), so its Pareto front judges what the headline
+    reports; None when the comparison has no such column (then it picks its own, and says which)."""
+    for eps in sorted(headline_eps(config), key=lambda e: e.norm != "inf"):
+        column = robust_column(ENSEMBLE[eps.norm], eps.eps)
+        if column in comparison:
+            return column
+    return None
