@@ -62,6 +62,7 @@ class AttackContext:
     hold-out) and a way to train models like the target (shadow and reference models).
     `train_like_target(x, y, seed)` trains a fresh model with the target's architecture and
     recipe (for a loaded model: the built-in architecture and recipe for the data).
+    `advance(n)` reports n more attacked samples done, for the run's progress display.
     """
 
     seed: int
@@ -69,6 +70,7 @@ class AttackContext:
     dataset: "Dataset | None" = None
     splits: "Splits | None" = None
     train_like_target: "Callable[[np.ndarray, np.ndarray, int], Target] | None" = None
+    advance: Callable[[int], None] = field(default=lambda n: None)
 
 
 @dataclass
@@ -325,6 +327,7 @@ class EvasionAttack(Attack):
                 linf[k, start : start + batch], l2[k, start : start + batch] = _norms(out.x_adv[k] - xb)
                 _outside_ball(self, (linf if self.norm == "inf" else l2)[k, start : start + batch], eps, self.norm, start)
             gallery.add(start, xb, yb, out.clean_logits, correct, out.x_adv, out.adv_logits)
+            context.advance(len(yb))
         per_sample: dict[str, np.ndarray] = {"clean_correct": clean_correct}
         rows: list[dict[str, Any]] = []
         for k, eps in enumerate(eps_list):
@@ -376,6 +379,7 @@ class MinimizationAttack(Attack):
             flipped[start : start + batch] = correct & (adv_logits.argmax(axis=1) != yb)
             linf[start : start + batch], l2[start : start + batch] = _norms(x_adv - xb)
             gallery.add(start, xb, yb, clean_logits, correct, [x_adv], [adv_logits])
+            context.advance(len(yb))
         size = l2 if self.norm == "2" else linf
         minimal = np.where(flipped, size, np.inf)
         minimal[~clean_correct] = 0.0

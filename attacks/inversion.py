@@ -2,7 +2,7 @@
 
 MIFace (Fredrikson et al. 2015, as ART 1.20 implements it) climbs each class's probability from a
 start image. Kansa runs ART's algorithm step for step in torch, all classes in one batch and one
-backward pass per step (ART takes one per class and step, about 3x the time here); the tests
+backward pass per step (ART takes one per class and step: 5x the time, bench/RESULTS.md); the tests
 check the reconstructions against ART's own. A picture alone proves little
 (the start image already looks like "an average digit"), so every reconstruction is measured:
 the target's confidence in it, and its similarity (Pearson correlation) to its own class-mean

@@ -33,6 +33,7 @@ from audit.session import AuditSession, members_refusal, session_for
 CELL_FORMAT = "kansa.cell/1"
 JOURNAL = "cells"
 JOURNAL_OWNER = "run.json"
+PLAN = "plan.json"  # the attack cells a run will have, and when and where it started (`kansa status`)
 
 
 @dataclass
@@ -164,11 +165,13 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
         return CellResult(task.key, record, [not_applicable_row(record.message, **where)])
     runs = []
     try:
-        for repeat in range(repeats):
-            seed = cell_seed if repeat == 0 else derive_seed(cell_seed, f"repeat{repeat}")
-            seed_everything(seed)
-            context = AttackContext(seed, session.dataset.class_names, session.dataset, session.splits, session.trainer(task.model))
-            runs.append(attack.run(variant.target, session.x_eval, session.y_eval, context))
+        with session.progress.cell(f"{task.attack} on {'/'.join(variant.labels)}", len(session.eval_idx) * repeats) as advance:
+            for repeat in range(repeats):
+                seed = cell_seed if repeat == 0 else derive_seed(cell_seed, f"repeat{repeat}")
+                seed_everything(seed)
+                context = AttackContext(seed, session.dataset.class_names, session.dataset, session.splits, session.trainer(task.model),
+                                        advance=advance)
+                runs.append(attack.run(variant.target, session.x_eval, session.y_eval, context))
     except Exception as exc:  # one failing attack must not lose the rest of the audit
         return _failed(session, task, record, where, describe_exception(exc, limit=500), start)
     seconds = time.perf_counter() - start

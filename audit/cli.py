@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="folder holding results.json")
     report.add_argument("--lang", choices=("en", "ja"), default="en")
 
+    status = commands.add_parser("status", help="what a run in progress or interrupted has done and has left, from its journal")
+    status.add_argument("run_dir", metavar="RUN_DIR", help="the folder kansa run --out writes")
     compare = commands.add_parser("compare", help="compare models and defenses across finished runs: comparison.csv, .json, .html")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders holding results.json")
     compare.add_argument("--out", default="comparison", help="output folder (default: ./comparison)")
@@ -232,7 +234,28 @@ def _one_line(message: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
 
 
-COMMANDS = {"run": _run, "report": _report, "compare": _compare, "gate": _gate, "history": _history, "init": _init, "validate": _validate, "list": _list}
+def _status(args: argparse.Namespace) -> int:
+    from audit.results import variant_label
+    from audit.runner import run_status
+
+    status = run_status(args.run_dir)
+    planned = len(status.done) + len(status.left)
+    seconds = sum(cell.seconds for cell in status.done)
+    print(f"{status.out_dir}: {status.state}, started {status.started}; {len(status.done)} of {planned} attack cells done "
+          f"({seconds:.1f} s of attack time so far)")
+    if status.done:
+        print("done:")
+        for cell in status.done:
+            print(f"  {variant_label(cell.model, cell.defense)} / {cell.attack}: {cell.status}, {cell.seconds:.1f} s")
+    if status.left:
+        print("left:" if status.state != "interrupted" else "left (kansa run again with the same --out resumes them):")
+        for model, defense, attack in status.left:
+            print(f"  {variant_label(model, defense)} / {attack}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _run, "report": _report, "compare": _compare, "gate": _gate, "history": _history, "init": _init, "validate": _validate,
+            "list": _list, "status": _status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -42,7 +42,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None, cpus: int | None) -> None:
+    def __init__(self, address: str | None, cpus: int | None, quiet: bool = True) -> None:
         try:
             import ray
         except ImportError:
@@ -51,7 +51,8 @@ class RayExecutor:
         self._started = not ray.is_initialized()
         if self._started:
             address = address or os.environ.get("RAY_ADDRESS")
-            options: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
+            # the workers' progress lines reach the driver's stderr unless the run is quiet
+            options: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": not quiet}
             if address:
                 ray.init(address=address, **options)
             else:
@@ -70,7 +71,7 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def make_executor(execution: dict[str, Any]) -> Executor:
+def make_executor(execution: dict[str, Any], quiet: bool = True) -> Executor:
     if execution["executor"] == "ray":
-        return RayExecutor(execution["address"], execution["cpus"])
+        return RayExecutor(execution["address"], execution["cpus"], quiet)
     return LocalExecutor()

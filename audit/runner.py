@@ -9,6 +9,7 @@ same table. Finished cells are journaled in the run folder, which makes an inter
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 
 from attacks import registry as attack_registry
 from audit.cache import array_digest, default_cache_path
-from audit.cells import JOURNAL, JOURNAL_OWNER, BuiltVariant, CellResult, Task, cell_key, load_cell, save_cell, slug, waived
+from audit.cells import JOURNAL, JOURNAL_OWNER, PLAN, BuiltVariant, CellResult, Task, cell_key, load_cell, save_cell, slug, waived
 from audit.config import Config, check_against_data, load_config
 from audit.data import quality_rows
 from audit.deltas import change_rows
@@ -119,6 +120,15 @@ class _Journal:
         if self.out_dir is not None:
             save_cell(self.out_dir, cell)
 
+    def plan(self, cells: dict[tuple[str, str, str], str]) -> None:
+        """Record the attack cells this run will have (with their keys), for `kansa status` while it runs or after it was interrupted."""
+        if self.out_dir is not None:
+            write_text_atomic(self.out_dir / JOURNAL / PLAN, json.dumps({
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "host": platform.node(), "pid": os.getpid(),
+                "cells": [{"model": m, "defense": d, "attack": a, "key": key} for (m, d, a), key in cells.items()],
+            }))
+
     def keep_only(self, keys: set[str]) -> None:
         """Drop journaled cells no longer in the plan (an earlier config's), once the run is complete."""
         if self.out_dir is not None:
@@ -164,14 +174,14 @@ class _Stages:
 
     def __init__(self, plan: Plan, executor: Executor, journal: _Journal, cache_root: Path | None, quiet: bool) -> None:
         self.plan, self.executor, self.journal, self.cache_root = plan, executor, journal, cache_root
-        self.quiet = quiet or executor.name != "local"
+        self.quiet = quiet
         self.training = Training()
 
     def task(self, kind: str, model: str, **fields: Any) -> Task:
         return Task(kind, self.plan.config, self.cache_root, model, quiet=self.quiet, **fields)
 
-    def run(self, tasks: list[Task], journaled: bool = False) -> list[Any]:
-        """The tasks' results in task order; with `journaled`, each cell is saved the moment it finishes."""
+    def run(self, tasks: list[Task], journaled: bool = False, finished: Callable[[], None] | None = None) -> list[Any]:
+        """The tasks' results in task order; with `journaled`, each cell is saved the moment it finishes, and `finished` told."""
         results: list[Any] = [None] * len(tasks)
         for index, outcome in self.executor.run(tasks):
             self.training.trained += outcome.trained
@@ -179,6 +189,8 @@ class _Stages:
             results[index] = outcome.result
             if journaled:
                 self.journal.save(outcome.result)
+            if finished is not None:
+                finished()
         return results
 
 
@@ -191,10 +203,10 @@ def execute_plan(stages: _Stages, progress: Progress) -> Executed:
     variants: dict[tuple[str, str], BuiltVariant] = dict(zip(plan.pairs, built))
     attacked = [pair for pair in plan.pairs if variants[pair].digest is not None]
     cells: dict[tuple[str, str, str], CellResult] = {}
-    pending = []
+    pending, planned = [], {}
     for model, defense in attacked:
         for attack_cfg in config.attacks:
-            key = cell_key(plan.common, variants[(model, defense)].digest, attack_cfg, model, defense)
+            key = planned[(model, defense, attack_cfg["id"])] = cell_key(plan.common, variants[(model, defense)].digest, attack_cfg, model, defense)
             cell = stages.journal.load(key)
             if cell is None:
                 pending.append(stages.task("attack", model, defense=defense, attack=attack_cfg["id"], key=key))
@@ -202,7 +214,8 @@ def execute_plan(stages: _Stages, progress: Progress) -> Executed:
                 cells[(model, defense, attack_cfg["id"])] = cell
     if cells:
         progress.say(f"resuming: {len(cells)} finished cell(s) journaled in {stages.journal.out_dir}")
-    for cell in stages.run(pending, journaled=True):
+    stages.journal.plan(planned)
+    for cell in stages.run(pending, journaled=True, finished=progress.cells(len(cells), len(cells) + len(pending))):
         cells[(cell.record.model, cell.record.defense, cell.record.attack)] = cell
     finishing, finished = [], {}
     for model, defense in attacked:
@@ -346,7 +359,7 @@ def run_audit(
     )
     plan = Plan.of(config, session)
     journal = _Journal(out, execution["resume"], config.digest())
-    runner = make_executor(execution)
+    runner = make_executor(execution, quiet)
     try:
         executed = execute_plan(_Stages(plan, runner, journal, cache_root, quiet), progress)
     finally:
@@ -384,3 +397,48 @@ def regate(run_dir: str | Path, config: str | Path | None = None, baseline: str 
     result = AuditResult(table=table, metadata=replace(metadata, baseline=baseline_label), out_dir=Path(run_dir))
     result.gates = evaluate_gates(gates, table, baseline_table)
     return result
+
+
+@dataclass
+class RunStatus:
+    """A run folder as `kansa status` reports it: what is done, what is left, and whether it is still running."""
+
+    out_dir: Path
+    started: str
+    state: str  # "complete", "running" (its process is alive on this machine), "interrupted", or "preparing ..." before its attacks
+    done: list[CellRecord]
+    left: list[tuple[str, str, str]]
+
+
+def run_status(out_dir: str | Path) -> RunStatus:
+    """From the journal alone, without loading data or models: safe to call while the run works."""
+    out = Path(out_dir)
+    plan_path = out / JOURNAL / PLAN
+    try:
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        planned = {(c["model"], c["defense"], c["attack"]): c["key"] for c in plan["cells"]}
+    except FileNotFoundError:
+        if (out / JOURNAL / JOURNAL_OWNER).is_file():  # started, still training models or building variants
+            started = datetime.fromtimestamp((out / JOURNAL / JOURNAL_OWNER).stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+            return RunStatus(out, started, "preparing (training models or building variants; no attack cell planned yet)", [], [])
+        raise KansaError(f"{out}: no run journal here ({JOURNAL}/{PLAN}); kansa status reads a folder `kansa run --out` wrote") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KansaError(f"{plan_path}: not a readable run plan ({exc})") from None
+    journaled = {where: cell.record for where, key in planned.items() if (cell := load_cell(out, key)) is not None}
+    results = out / "results.json"
+    if results.is_file() and results.stat().st_mtime >= plan_path.stat().st_mtime:
+        state = "complete"
+    else:
+        state = "running" if plan.get("host") == platform.node() and _alive(plan.get("pid")) else "interrupted"
+    return RunStatus(out, plan.get("started", ""), state, [journaled[c] for c in planned if c in journaled],
+                     [c for c in planned if c not in journaled])
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from audit.cache import WeightCache, array_digest
 from audit.checks import RANDOMIZED, flag, probe_gradients, probe_randomness
@@ -79,13 +81,73 @@ def members_refusal(cfg: dict[str, Any], splits: Splits) -> str | None:
 
 
 class Progress:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bars = not quiet and sys.stderr.isatty()
+    """What a run tells its user while it works: a line per step, progress within each running cell, and
+    the whole run's count of cells with an estimate of the time left.
+
+    On a terminal a cell's progress is a tqdm bar (stderr); elsewhere, a CI log, it is one line every
+    `interval` seconds, so a long cell is never silent and the log stays short. `quiet` says nothing.
+    """
+
+    def __init__(self, quiet: bool, interval: float = 10.0, stream: TextIO | None = None) -> None:
+        self.quiet, self.interval = quiet, interval
+        self.stream = stream if stream is not None else sys.stderr
+        self.bars = not quiet and self.stream.isatty()
+        self.started = time.perf_counter()
 
     def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"kansa: {message}", file=sys.stderr, flush=True)
+        if self.quiet:
+            return
+        if self.bars:
+            tqdm.write(f"kansa: {message}", file=self.stream)
+        else:
+            print(f"kansa: {message}", file=self.stream, flush=True)
+
+    @contextmanager
+    def cell(self, label: str, total: int, unit: str = "samples") -> Iterator[Callable[[int], None]]:
+        """Within this block, `advance(n)` counts n more of the cell's `total` done."""
+        if self.quiet:
+            yield lambda n: None
+            return
+        if self.bars:
+            bar = tqdm(total=total, desc=label, unit=unit.rstrip("s"), file=self.stream, leave=False, dynamic_ncols=True)
+            try:
+                yield bar.update
+            finally:
+                bar.close()
+            return
+        start, state = time.perf_counter(), {"done": 0, "shown": time.perf_counter()}
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            now = time.perf_counter()
+            if now - state["shown"] >= self.interval and state["done"] < total:
+                state["shown"] = now
+                rate = state["done"] / max(now - start, 1e-9)
+                self.say(f"{label}: {state['done']:,}/{total:,} {unit} ({state['done'] / total:.0%}), {rate:,.1f} {unit}/s, "
+                         f"about {_duration((total - state['done']) / rate)} left")
+
+        yield advance
+
+    def cells(self, done: int, planned: int) -> Callable[[], None]:
+        """Count the run's attack cells from here (`done` of `planned` already, e.g. resumed); call the result as each finishes.
+
+        Each call says the count, the run's time so far and the time left at this stage's pace so far.
+        """
+        stage, state = time.perf_counter(), {"done": done, "new": 0}
+
+        def finished() -> None:
+            state["done"] += 1
+            state["new"] += 1
+            now, left = time.perf_counter(), planned - state["done"]
+            estimate = f", about {_duration((now - stage) / state['new'] * left)} left" if left > 0 else ""
+            self.say(f"{state['done']}/{planned} cells done, {_duration(now - self.started)} elapsed{estimate}")
+
+        return finished
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
 def _performance_rows(target: Target, dataset: Dataset, splits: Splits) -> tuple[list[dict[str, Any]], np.ndarray]:

@@ -22,7 +22,7 @@ def terminal_summary(result: AuditResult, report: Path, out_dir: Path) -> str:
     t = translator("en")
     table, meta = result.table, result.metadata
     lines = [f"{RULE} kansa: {meta.title} {RULE}", f"data {meta.data.name}: {meta.data.evaluation_samples} attacked samples; "
-             f"{len(meta.cells)} attack cells in {meta.wall_seconds:.1f} s"]
+             f"{len(meta.cells)} attack cells; the run took {meta.wall_seconds:.1f} s"]
     models = headline(table, meta.config)
     if models:
         chosen = [eps for eps, _ in models[0].robust]
