@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
-from audit.metrics import Category
+from audit.metrics import Category, Direction, metric_info
 from audit.params import Choice, Location, Number, OneOrMany, Param
 from audit.plugins import Component
 from audit.results import mean_row, rate_row
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 GALLERY_SIZE = 8
 ROBUST_AT = "robust_correct@eps="  # per-sample key of an integrity attack: robust at that eps
+WORST_CASE_SMALLER = " at this eps and every smaller one"
 
 
 @dataclass
@@ -402,7 +403,8 @@ THREAT_EPS = {"inf": "threat_linf_eps", "2": "threat_l2_eps"}  # the [evaluation
 
 
 def worst_case(outputs: dict[str, tuple[str, dict[str, np.ndarray]]]) -> dict[tuple[str, float], tuple[list[str], np.ndarray]]:
-    """Per (norm, eps), the attacks measured there and the per-sample worst case: robust only if none of them flipped it.
+    """Per (norm, eps), the attacks measured there and the per-sample worst case: robust only if none of them flipped it,
+    at this eps or any smaller one of the same norm (a ball holds every smaller ball, so the curve never rises).
 
     `outputs` maps attack id to (norm, per-sample arrays).
     """
@@ -411,7 +413,62 @@ def worst_case(outputs: dict[str, tuple[str, dict[str, np.ndarray]]]) -> dict[tu
         for key, robust in per_sample.items():
             if key.startswith(ROBUST_AT):
                 groups.setdefault((norm, float(key.removeprefix(ROBUST_AT))), {})[attack_id] = robust
-    return {where: (sorted(members), np.logical_and.reduce(list(members.values()))) for where, members in sorted(groups.items())}
+    out: dict[tuple[str, float], tuple[list[str], np.ndarray]] = {}
+    smaller: dict[str, tuple[set[str], np.ndarray]] = {}
+    for (norm, eps), members in sorted(groups.items()):
+        robust = np.logical_and.reduce(list(members.values()))
+        names = set(members)
+        if norm in smaller:
+            names |= smaller[norm][0]
+            robust = robust & smaller[norm][1]
+        smaller[norm] = (names, robust)
+        out[(norm, eps)] = (sorted(names), robust)
+    return out
+
+
+REPEATS = "repeats"  # the subset of the descriptive rows of a repeated attack: mean and spread over its seeds
+
+
+def worst_over_repeats(runs: list[AttackOutput], y: np.ndarray, class_names: list[str]) -> AttackOutput:
+    """Several seeds of one randomised attack, as gates read them: the worst case for the model.
+
+    Per sample where the attack keeps per-sample results: robust only if every seed failed, the
+    smallest perturbation any seed found. Other rows: the seed whose value is worst for the model by
+    the metric's declared direction, with that seed's own interval (averaging interval endpoints is
+    not an interval for anything). The mean and spread over the seeds of every overall row are kept
+    as descriptive rows (subset "repeats", no interval).
+    """
+    first = runs[0]
+    per_sample = dict(first.per_sample)
+    keys = [k for k in per_sample if k.startswith(ROBUST_AT) and all(k in run.per_sample for run in runs)]
+    for key in keys:
+        per_sample[key] = np.logical_and.reduce([run.per_sample[key] for run in runs])
+    if "min_perturbation" in per_sample and all("min_perturbation" in run.per_sample for run in runs):
+        per_sample["min_perturbation"] = np.min([run.per_sample["min_perturbation"] for run in runs], axis=0)
+    rows = [row for key in keys for row in _rate_rows(y, per_sample["clean_correct"], per_sample[key],
+                                                       float(key.removeprefix(ROBUST_AT)), class_names)]
+    recomputed = {_row_key(row) for row in rows}
+    for versions in zip(*(run.rows for run in runs), strict=True):
+        if _row_key(versions[0]) in recomputed:
+            continue
+        info = metric_info(versions[0]["metric"])
+        direction = info.direction if info is not None else Direction.NEUTRAL
+        values = [v.get("value", np.nan) for v in versions]
+        if direction == Direction.NEUTRAL or np.isnan(values).any():
+            rows.append({**versions[0], "value": float(np.mean(values)), "ci_low": np.nan, "ci_high": np.nan,
+                         "message": f"mean over {len(runs)} seeds (no better side to take the worst of)"})
+        else:
+            rows.append(versions[int(np.argmin(values) if direction == Direction.HIGHER else np.argmax(values))])
+    for versions in zip(*(run.rows for run in runs), strict=True):
+        if versions[0].get("subset", "all") == "all":
+            values = np.array([v.get("value", np.nan) for v in versions], dtype=np.float64)
+            rows.append({**versions[0], "subset": REPEATS, "value": float(values.mean()), "ci_low": np.nan, "ci_high": np.nan,
+                         "std": float(values.std(ddof=1)), "message": f"mean and spread over {len(runs)} seeds; subset all holds the worst case"})
+    return AttackOutput(rows, per_sample, first.artifacts)
+
+
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["metric"], row.get("subset", "all"), row.get("param_value")
 
 
 def ensemble_rows(
@@ -426,6 +483,6 @@ def ensemble_rows(
     clean_correct = next(iter(outputs.values()))[1].per_sample["clean_correct"]
     rows: list[dict[str, Any]] = []
     for (norm, eps), (members, worst) in worst_case({a: (norm, out.per_sample) for a, (norm, out) in outputs.items()}).items():
-        note = "worst case per sample over " + ", ".join(members)
+        note = "worst case per sample over " + ", ".join(members) + WORST_CASE_SMALLER
         rows += [{**row, "attack": ENSEMBLE[norm], "message": note} for row in _rate_rows(y, clean_correct, worst, eps, class_names)]
     return rows

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from attacks import registry
-from attacks.base import AttackContext, AttackOutput, ensemble_rows
+from attacks.base import AttackContext, AttackOutput, ensemble_rows, worst_over_repeats
 from audit.cache import content_key
 from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, table_checks
 from audit.config import Config
@@ -175,8 +175,8 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     except Exception as exc:  # one failing attack must not lose the rest of the audit
         return _failed(session, task, record, where, describe_exception(exc, limit=500), start)
     seconds = time.perf_counter() - start
-    output = runs[0]
-    metric_rows = output.rows if repeats == 1 else mean_over_repeats([run.rows for run in runs])
+    output = runs[0] if repeats == 1 else worst_over_repeats(runs, session.y_eval, session.dataset.class_names)
+    metric_rows = output.rows
     artifact = f"{slug(task.model)}-{slug(task.defense)}-{slug(task.attack)}-{task.key[:8]}"
     record.seconds, record.artifact = seconds, f"artifacts/{artifact}.npz"
     # a row's own category wins: an attack's timing rows are cost, whatever the attack's kind
@@ -189,21 +189,6 @@ def _failed(session: AuditSession, task: Task, record: CellRecord, where: dict[s
     session.progress.say(f"attack {task.attack} on {'/'.join(session.variant(task.model, task.defense).labels)} failed: {message}")
     record.seconds, record.status, record.message = time.perf_counter() - start, "error", message
     return CellResult(task.key, record, [error_row(message, **where)])
-
-
-def mean_over_repeats(repeats: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Rows of several seeds of one attack: the mean value and interval, and the standard deviation across seeds."""
-    merged = []
-    for versions in zip(*repeats, strict=True):
-        values = np.array([v.get("value", np.nan) for v in versions], dtype=np.float64)
-        merged.append({
-            **versions[0],
-            "value": float(values.mean()),
-            "ci_low": float(np.mean([v.get("ci_low", np.nan) for v in versions])),
-            "ci_high": float(np.mean([v.get("ci_high", np.nan) for v in versions])),
-            "std": float(values.std(ddof=1)),
-        })
-    return merged
 
 
 def finish_variant(session: AuditSession, task: Task) -> CellResult:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Collection, Sequence
 import numpy as np
 import pandas as pd
 
+from attacks import registry as attack_registry
 from attacks.base import ENSEMBLE
 from audit.checks import masking_flags, waiver_reason
 from audit.deltas import STRONGEST
@@ -155,9 +156,7 @@ def _flag_names(flags: pd.DataFrame, waived: bool = False) -> str:
 
 def membership_attacks(metadata: RunMetadata) -> set[str]:
     """The ids of a run's attacks that write a membership AUC (an unknown plugin's id counts, to fail closed)."""
-    from attacks import registry
-
-    known = registry()
+    known = attack_registry()
     return {a["id"] for a in metadata.config.get("attacks", []) if a["name"] not in known or "auc" in known[a["name"]].emits}
 
 
@@ -289,9 +288,7 @@ class RunSetting:
 
 
 def run_setting(metadata: RunMetadata, label: str) -> RunSetting:
-    from attacks import registry
-
-    known = registry()
+    known = attack_registry()
     attacks = metadata.config.get("attacks", [])
     budgets = {a["id"]: (a["name"], tuple(sorted((k, repr(v)) for k, v in a["params"].items() if k not in _NOT_A_BUDGET)))
                for a in attacks}

@@ -207,7 +207,7 @@ def _c2(run: Run) -> dict[str, Any]:
     for (model, defense), rows in table.groupby(["model", "defense"], sort=False):
         name = variant_label(model, defense)
         overall = rows[(rows["subset"] == "all") & (rows["metric"] == "robust_accuracy")]
-        per_class = rows[(rows["metric"] == "robust_accuracy") & (rows["subset"] != "all")]
+        per_class = rows[(rows["metric"] == "robust_accuracy") & rows["subset"].str.startswith("class=")]
         minimal = rows[rows["metric"].map(panel_of) == "minimal_perturbation"]
         models.append({
             "name": name,

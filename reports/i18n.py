@@ -131,8 +131,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "recall": ("Recall", "再現率"),
     "confusion": ("Confusion matrix on the test split (rows: true class, columns: predicted).", "評価データの混同行列 (行: 正解、列: 予測)。"),
     "robust_intro": (
-        "Robust accuracy is the share of attacked samples still classified correctly; the success rate counts only samples that were classified correctly before the attack. The ensemble rows are the per-sample worst case over every attack at that eps (what gates use by default); ± is the standard deviation over repeats.",
-        "頑健正解率は攻撃後も正しく分類された割合、成功率は攻撃前に正しく分類されていたデータのうち誤分類させた割合です。ensemble 行は各 eps における全攻撃のサンプル単位の最悪値 (ゲートの既定) です。± は反復間の標準偏差です。",
+        "Robust accuracy is the share of attacked samples still classified correctly; the success rate counts only samples that were classified correctly before the attack. The ensemble rows are the per-sample worst case over every attack at that eps and every smaller one (what gates use by default). With repeats, a randomised attack's numbers are the worst case over its seeds (a sample is robust only if every seed failed); their mean and spread are in the results (subset repeats).",
+        "頑健正解率は攻撃後も正しく分類された割合、成功率は攻撃前に正しく分類されていたデータのうち誤分類させた割合です。ensemble 行は各 eps およびそれ以下の eps における全攻撃のサンプル単位の最悪値 (ゲートの既定) です。反復を指定した場合、乱数を使う攻撃の値はシード間の最悪値 (全シードが失敗したときだけ頑健) で、平均と標準偏差は結果 (subset repeats) にあります。",
     ),
     "attack": ("Attack", "攻撃"),
     "success_rate": ("Success rate", "攻撃成功率"),

@@ -13,7 +13,7 @@ from audit.checks import masking_flags
 from audit.results import AuditResult, variant_label
 from reports.formatting import fmt_ci
 from reports.i18n import translator
-from reports.queries import NORM_NAMES, headline
+from reports.queries import NORM_NAMES, attacks_behind, headline
 
 RULE = "=" * 24
 
@@ -26,8 +26,16 @@ def terminal_summary(result: AuditResult, report: Path, out_dir: Path) -> str:
     models = headline(table, meta.config)
     if models:
         chosen = [eps for eps, _ in models[0].robust]
-        header = ["variant", "clean accuracy", *(f"robust @ eps {e.eps:g} ({NORM_NAMES[e.norm]})" for e in chosen)]
-        body = [[item.model, fmt_ci(item.clean), *(fmt_ci(row) if row is not None else "–" for _, row in item.robust)] for item in models]
+        behind = [next((attacks_behind(row) for item in models for e, row in item.robust if e == eps and row is not None), "") for eps in chosen]
+        header = ["variant", "clean accuracy", *(f"robust @ eps {e.eps:g} ({NORM_NAMES[e.norm]}, over {b})" for e, b in zip(chosen, behind))]
+
+        def robust(row: object, common: str) -> str:
+            if row is None:
+                return "–"
+            own = attacks_behind(row)
+            return fmt_ci(row) + ("" if own == common else f" (over {own})")
+
+        body = [[item.model, fmt_ci(item.clean), *(robust(row, b) for (_, row), b in zip(item.robust, behind))] for item in models]
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         lines += ["", *("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *body])]
         lines += [f"  {e.text(t)}" for e in chosen]

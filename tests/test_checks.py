@@ -188,19 +188,47 @@ def test_random_outputs_are_flagged_and_attacked_through_the_expectation(digits,
     assert result.metric("robust_accuracy", attack="fgsm", subset="all")["value"].notna().all()
 
 
-def test_repeats_report_mean_and_spread_for_randomised_attacks_only(tmp_path):
+def test_repeats_gate_on_the_worst_case_and_describe_mean_and_spread_for_randomised_attacks_only(tmp_path):
     text = SMALL_AUDIT_FAST.replace("samples = 200", "samples = 60\nrepeats = 3")
     result = run_audit(write(tmp_path / "audit.toml", text), history=False)
-    pgd = result.metric("robust_accuracy", attack="pgd", subset="all")
-    fgsm = result.metric("robust_accuracy", attack="fgsm", subset="all")
-    assert pgd["std"].notna().all() and fgsm["std"].isna().all()
+    worst = result.metric("robust_accuracy", attack="pgd", subset="all").set_index("param_value")
+    spread = result.metric("robust_accuracy", attack="pgd", subset="repeats").set_index("param_value")
+    assert spread["std"].notna().all() and spread["ci_low"].isna().all() and worst["ci_low"].notna().all()
+    assert (worst["value"] <= spread["value"] + 1e-12).all()  # a sample is robust only if every seed failed
+    assert result.metric("robust_accuracy", attack="fgsm", subset="repeats").empty
     assert {c.attack: c.repeats for c in result.metadata.cells} == {"fgsm": 1, "pgd": 3}
 
 
-def test_repeated_rows_carry_the_mean_the_mean_interval_and_the_spread():
-    from audit.cells import mean_over_repeats
+def test_each_seed_breaking_other_samples_leaves_only_the_samples_no_seed_broke():
+    """Averaging three seeds that each break a different third would report 2/3 robust; the worst case is 0."""
+    from attacks.base import AttackOutput, worst_over_repeats
 
-    runs = [[rate_row("robust_accuracy", k, 100, param="eps", param_value=0.1)] for k in (50, 54, 58)]
-    (row,) = mean_over_repeats(runs)
-    assert row["value"] == pytest.approx(0.54) and row["std"] == pytest.approx(0.04)
-    assert row["ci_low"] == pytest.approx(np.mean([r[0]["ci_low"] for r in runs])) and row["n"] == 100
+    y = np.zeros(90, dtype=np.int64)
+    runs = []
+    for seed in range(3):
+        robust = np.arange(90) % 3 != seed
+        rows = [rate_row("robust_accuracy", int(robust.sum()), 90, param="eps", param_value=0.1),
+                {"metric": "perturbation_linf", "value": 0.1 - seed / 100, "ci_low": 0.05, "ci_high": 0.15, "n": 90, "subset": "all"},
+                rate_row("clean_accuracy", 90, 90, param="eps", param_value=0.1),
+                rate_row("success_rate", int((~robust).sum()), 90, param="eps", param_value=0.1),
+                rate_row("robust_accuracy", int(robust.sum()), 90, subset="class=0", param="eps", param_value=0.1)]
+        runs.append(AttackOutput(rows, {"clean_correct": np.ones(90, bool), "robust_correct@eps=0.1": robust}))
+    out = worst_over_repeats(runs, y, ["0"])
+    rows = {(r["metric"], r.get("subset", "all")): r for r in out.rows}
+    assert rows[("robust_accuracy", "all")]["value"] == 0 and rows[("robust_accuracy", "all")]["ci_high"] > 0
+    assert rows[("success_rate", "all")]["value"] == 1 and not out.per_sample["robust_correct@eps=0.1"].any()
+    described = rows[("robust_accuracy", "repeats")]
+    assert described["value"] == pytest.approx(2 / 3) and np.isnan(described["ci_low"]) and described["std"] == pytest.approx(0.0)
+    assert rows[("perturbation_linf", "all")]["value"] == pytest.approx(0.1 - 1 / 100) and np.isnan(rows[("perturbation_linf", "all")]["ci_low"])
+
+
+def test_the_worst_case_curve_never_rises_with_eps():
+    """Held-out case: only FGSM ran at the largest eps; a sample PGD broke at a smaller eps stays broken there."""
+    from attacks.base import worst_case
+
+    broken_by_pgd = np.array([True, False, True, True])  # robust per sample
+    fgsm = {"robust_correct@eps=0.1": np.ones(4, bool), "robust_correct@eps=0.2": np.ones(4, bool), "robust_correct@eps=0.3": np.ones(4, bool)}
+    pgd = {"robust_correct@eps=0.1": np.ones(4, bool), "robust_correct@eps=0.2": broken_by_pgd}
+    curve = worst_case({"fgsm": ("inf", fgsm), "pgd": ("inf", pgd)})
+    assert [robust.mean() for _, robust in curve.values()] == [1.0, 0.75, 0.75]
+    assert curve[("inf", 0.3)][0] == ["fgsm", "pgd"]  # the attacks behind it, smaller eps included

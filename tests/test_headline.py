@@ -56,7 +56,7 @@ def test_every_headline_reads_robust_accuracy_at_the_declared_eps_not_the_larges
     assert "the threat model declared in \\[evaluation\\] threat\\_linf\\_eps" in summary
     html = (folder / "out" / "report.html").read_text(encoding="utf-8")
     assert "Robust accuracy at eps 0.1 (L∞)" in html and shown in html and "threat model declared in [evaluation] threat_linf_eps" in html
-    assert "robust @ eps 0.1 (L∞)" in terminal and shown in terminal and "report:  " in terminal
+    assert "robust @ eps 0.1 (L∞, over fgsm)" in terminal and shown in terminal and "report:  " in terminal
 
 
 def test_without_a_declaration_the_headline_takes_a_gates_eps_or_the_middle_of_the_sweep_and_says_so(tmp_path):
