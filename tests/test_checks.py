@@ -15,6 +15,7 @@ from audit.checks import probe_convergence, table_checks
 from audit.cli import main
 from audit.results import make_table, rate_row
 from tests.conftest import SMALL_AUDIT, write
+from tests.masked_models import RoundsItsInput
 
 SMALL_AUDIT_FAST = SMALL_AUDIT.replace("epochs = 15", "epochs = 3")
 
@@ -83,17 +84,6 @@ def test_convergence_check_on_a_synthetic_attack():
     assert row["message"] == "slow at eps 0.5: 0.990 as configured, 0.960 with 4 steps and 2 random starts instead of 2 and 1"
 
 
-class Quantised(torch.nn.Module):
-    """Rounds its input before the network: the gradient of round() is zero, so gradient attacks see nothing."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(torch.round(x * 4) / 4)
-
-
 MASKED_AUDIT = """
 seed = 0
 [data]
@@ -127,7 +117,7 @@ threshold = 0.5
 def masked_run(digits, tmp_path_factory):
     _, _, target = digits
     folder = tmp_path_factory.mktemp("masked")
-    torch.jit.save(torch.jit.script(Quantised(target.module.inner)), folder / "masked.ts")
+    torch.jit.save(torch.jit.script(RoundsItsInput(target.module.inner)), folder / "masked.ts")
     config = write(folder / "audit.toml", MASKED_AUDIT)
     return folder, config, run_audit(config, out_dir=folder / "out", history=False)
 

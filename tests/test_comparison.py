@@ -32,6 +32,7 @@ from reports.html import render_html
 from reports.tabular import results_json
 from reports.trade_offs import render_comparison_html
 from tests.conftest import run_metadata, write
+from tests.masked_models import RoundsItsInput
 
 PGD, ENS = robust_column("pgd", 0.1), robust_column("ensemble", 0.1)
 
@@ -407,17 +408,6 @@ def test_without_a_membership_auc_for_every_variant_leakage_is_no_objective_and_
     assert front_by_defense(comparison) == {"none": True, "fs": True}
 
 
-class _RoundsItsInput(torch.nn.Module):
-    """A gradient-masked twin: rounding the input zeroes every input gradient, so gradient attacks see nothing."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(torch.round(x * 4) / 4)
-
-
 TWINS = """
 seed = 0
 [data]
@@ -449,7 +439,7 @@ def test_kansa_compare_never_crowns_a_gradient_masked_twin(digits, tmp_path):
     """The held-out case: two TorchScript files, one masked; its robust accuracy is the higher, and its own run flags it."""
     _, _, target = digits
     torch.jit.save(torch.jit.script(target.module.inner), tmp_path / "honest.ts")
-    torch.jit.save(torch.jit.script(_RoundsItsInput(target.module.inner)), tmp_path / "masked.ts")
+    torch.jit.save(torch.jit.script(RoundsItsInput(target.module.inner)), tmp_path / "masked.ts")
     write(tmp_path / "audit.toml", TWINS)
     assert main(["run", str(tmp_path / "audit.toml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert main(["compare", str(tmp_path / "run"), "--out", str(tmp_path / "cmp")]) == 0
