@@ -448,22 +448,27 @@ def worst_over_repeats(runs: list[AttackOutput], y: np.ndarray, class_names: lis
     rows = [row for key in keys for row in _rate_rows(y, per_sample["clean_correct"], per_sample[key],
                                                        float(key.removeprefix(ROBUST_AT)), class_names)]
     recomputed = {_row_key(row) for row in rows}
-    for versions in zip(*(run.rows for run in runs), strict=True):
-        if _row_key(versions[0]) in recomputed:
+    # a row some seeds do not write (a median of flipped samples when one seed flips none) is judged on the seeds that do
+    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        for row in run.rows:
+            by_key.setdefault(_row_key(row), []).append(row)
+    for key, versions in by_key.items():
+        if key in recomputed:
             continue
         info = metric_info(versions[0]["metric"])
         direction = info.direction if info is not None else Direction.NEUTRAL
         values = [v.get("value", np.nan) for v in versions]
-        if direction == Direction.NEUTRAL or np.isnan(values).any():
+        if direction == Direction.NEUTRAL or len(versions) < len(runs) or np.isnan(values).any():
             rows.append({**versions[0], "value": float(np.mean(values)), "ci_low": np.nan, "ci_high": np.nan,
-                         "message": f"mean over {len(runs)} seeds (no better side to take the worst of)"})
+                         "message": f"mean over the {len(versions)} of {len(runs)} seeds that measured it (no worst case to take)"})
         else:
             rows.append(versions[int(np.argmin(values) if direction == Direction.HIGHER else np.argmax(values))])
-    for versions in zip(*(run.rows for run in runs), strict=True):
-        if versions[0].get("subset", "all") == "all":
+    for key, versions in by_key.items():
+        if key[1] == "all" and len(versions) > 1:
             values = np.array([v.get("value", np.nan) for v in versions], dtype=np.float64)
             rows.append({**versions[0], "subset": REPEATS, "value": float(values.mean()), "ci_low": np.nan, "ci_high": np.nan,
-                         "std": float(values.std(ddof=1)), "message": f"mean and spread over {len(runs)} seeds; subset all holds the worst case"})
+                         "std": float(values.std(ddof=1)), "message": f"mean and spread over {len(versions)} seeds; subset all holds the worst case"})
     return AttackOutput(rows, per_sample, first.artifacts)
 
 

@@ -202,6 +202,8 @@ def test_each_seed_breaking_other_samples_leaves_only_the_samples_no_seed_broke(
                 rate_row("clean_accuracy", 90, 90, param="eps", param_value=0.1),
                 rate_row("success_rate", int((~robust).sum()), 90, param="eps", param_value=0.1),
                 rate_row("robust_accuracy", int(robust.sum()), 90, subset="class=0", param="eps", param_value=0.1)]
+        if seed < 2:  # a row one seed does not write (as a median over flipped samples when none flipped)
+            rows.append({"metric": "median_min_perturbation_linf", "value": 0.2, "ci_low": np.nan, "ci_high": np.nan, "n": 30, "subset": "all"})
         runs.append(AttackOutput(rows, {"clean_correct": np.ones(90, bool), "robust_correct@eps=0.1": robust}))
     out = worst_over_repeats(runs, y, ["0"])
     rows = {(r["metric"], r.get("subset", "all")): r for r in out.rows}
@@ -210,6 +212,7 @@ def test_each_seed_breaking_other_samples_leaves_only_the_samples_no_seed_broke(
     described = rows[("robust_accuracy", "repeats")]
     assert described["value"] == pytest.approx(2 / 3) and np.isnan(described["ci_low"]) and described["std"] == pytest.approx(0.0)
     assert rows[("perturbation_linf", "all")]["value"] == pytest.approx(0.1 - 1 / 100) and np.isnan(rows[("perturbation_linf", "all")]["ci_low"])
+    assert "2 of 3 seeds" in rows[("median_min_perturbation_linf", "all")]["message"]
 
 
 def test_the_worst_case_curve_never_rises_with_eps():
