@@ -262,7 +262,7 @@ def combine(comparisons: Sequence[pd.DataFrame]) -> pd.DataFrame:
 # --- what makes runs comparable ------------------------------------------------------------------
 
 GROUP = "group"
-_NOT_A_BUDGET = ("eps", "batch_size")  # a column is per eps; the batch size changes speed, not strength
+NOT_A_BUDGET = ("eps", "batch_size")  # a column is per eps; the batch size changes speed, not strength
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,7 @@ class RunSetting:
 def run_setting(metadata: RunMetadata, label: str) -> RunSetting:
     known = attack_registry()
     attacks = metadata.config.get("attacks", [])
-    budgets = {a["id"]: (a["name"], tuple(sorted((k, repr(v)) for k, v in a["params"].items() if k not in _NOT_A_BUDGET)))
+    budgets = {a["id"]: (a["name"], tuple(sorted((k, repr(v)) for k, v in a["params"].items() if k not in NOT_A_BUDGET)))
                for a in attacks}
     integrity = frozenset(a["id"] for a in attacks if a["name"] not in known or known[a["name"]].kind.category == Category.INTEGRITY)
     data = metadata.data

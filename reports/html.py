@@ -26,7 +26,7 @@ from reports.comparison import comparison_of, has_defenses
 from reports.confidentiality import build_confidentiality
 from reports.formatting import fmt, fmt_ci
 from reports.junit import case_name
-from reports.queries import NORM_NAMES, attacks_behind, headline, headline_column, headline_eps
+from reports.queries import NORM_NAMES, attack_budgets, attacks_behind, headline, headline_column, headline_eps
 from reports.scorecard import Run, build_run, gate_characteristic, traffic_light
 from reports.templating import template_environment
 from reports.trade_offs import comparison_context
@@ -125,7 +125,7 @@ def _c1(run: Run) -> dict[str, Any]:
     return _characteristic(run, "C-1", {"models": models})
 
 
-def _robustness_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
+def _robustness_lines(rows: pd.DataFrame, budgets: dict[str, str]) -> list[dict[str, Any]]:
     overall = rows[rows["subset"] == "all"]
     lines = []
     for (attack, eps), cell in overall.groupby(["attack", "param_value"], sort=False):
@@ -139,7 +139,7 @@ def _robustness_lines(rows: pd.DataFrame) -> list[dict[str, Any]]:
             return fmt(by_metric.loc[metric]["value"], digits) if digits else fmt_ci(by_metric.loc[metric])
 
         lines.append({
-            "attack": attack, "eps": f"{eps:g}", "clean": shown("clean_accuracy"), "robust": shown("robust_accuracy"),
+            "attack": attack, "budget": budgets.get(attack, ""), "eps": f"{eps:g}", "clean": shown("clean_accuracy"), "robust": shown("robust_accuracy"),
             "success": shown("success_rate"), "linf": shown("perturbation_linf", 4), "l2": shown("perturbation_l2", 4),
             "n": int(by_metric.loc["robust_accuracy"]["n"]), "note": by_metric.loc["robust_accuracy"]["message"],
         })
@@ -203,6 +203,7 @@ def _sanity_rows(run: Run, model: str, defense: str) -> list[dict[str, str]]:
 
 def _c2(run: Run) -> dict[str, Any]:
     table = run.table[(run.table["category"] == Category.INTEGRITY) & (run.table["status"] == "ok")]
+    budgets = attack_budgets(run.meta.config)
     models = []
     for (model, defense), rows in table.groupby(["model", "defense"], sort=False):
         name = variant_label(model, defense)
@@ -213,7 +214,7 @@ def _c2(run: Run) -> dict[str, Any]:
             "name": name,
             "curve": figures.robustness_curve(overall, f"{name}: robust accuracy vs eps") if len(overall) else None,
             "heatmap": figures.class_heatmap(per_class, f"{name}: robust accuracy per class") if len(per_class) else None,
-            "lines": _robustness_lines(rows),
+            "lines": _robustness_lines(rows, budgets),
             "min_norm": [{"attack": r["attack"], "metric": r["metric"], "value": fmt_ci(r), "n": int(r["n"])} for _, r in minimal.iterrows()],
             "min_figure": _min_perturbations(run, model, defense),
             "gallery": _gallery(run, model, defense),

@@ -135,6 +135,7 @@ TEXT: dict[str, tuple[str, str]] = {
         "頑健正解率は攻撃後も正しく分類された割合、成功率は攻撃前に正しく分類されていたデータのうち誤分類させた割合です。ensemble 行は各 eps およびそれ以下の eps における全攻撃のサンプル単位の最悪値 (ゲートの既定) です。反復を指定した場合、乱数を使う攻撃の値はシード間の最悪値 (全シードが失敗したときだけ頑健) で、平均と標準偏差は結果 (subset repeats) にあります。",
     ),
     "attack": ("Attack", "攻撃"),
+    "budget": ("Budget", "予算"),
     "success_rate": ("Success rate", "攻撃成功率"),
     "robust_accuracy": ("Robust accuracy", "頑健正解率"),
     "mean_linf": ("Mean L∞", "平均 L∞"),

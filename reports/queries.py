@@ -8,10 +8,10 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from attacks import attack_norms, swept_eps
+from attacks import attack_norms, registry, swept_eps
 from attacks.base import ENSEMBLE, THREAT_EPS, WORST_CASE_SMALLER
 from audit.results import variant_label
-from reports.comparison import robust_column
+from reports.comparison import NOT_A_BUDGET, robust_column
 
 NORM_NAMES = {"inf": "L∞", "2": "L2"}
 
@@ -93,3 +93,22 @@ def headline_column(comparison: pd.DataFrame, config: dict[str, Any]) -> str | N
         if column in comparison:
             return column
     return None
+
+
+def attack_budgets(config: dict[str, Any]) -> dict[str, str]:
+    """Per attack id, the budget behind its numbers as a reader checks it: every parameter but eps and the batch size,
+    and the seeds a randomised attack's worst case was taken over."""
+    known = registry()
+    repeats = config.get("evaluation", {}).get("repeats", 1)
+    out = {}
+    for attack in config.get("attacks", []):
+        shown = [f"{k}={_shown(v)}" for k, v in attack["params"].items() if k not in NOT_A_BUDGET and v is not None]  # None: derived from others, e.g. a step size from eps
+        if repeats > 1 and attack["name"] in known and known[attack["name"]].randomized:
+            shown.append(f"worst case over {repeats} seeds")
+        out[attack["id"]] = ", ".join(shown) or "defaults"
+    return out
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) else (
+        f"{value:g}" if isinstance(value, float) else str(value))

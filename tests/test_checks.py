@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -187,6 +188,11 @@ def test_repeats_gate_on_the_worst_case_and_describe_mean_and_spread_for_randomi
     assert (worst["value"] <= spread["value"] + 1e-12).all()  # a sample is robust only if every seed failed
     assert result.metric("robust_accuracy", attack="fgsm", subset="repeats").empty
     assert {c.attack: c.repeats for c in result.metadata.cells} == {"fgsm": 1, "pgd": 3}
+    from reports.html import render_html
+
+    budgets = re.findall(r"<tr><td>(\w+)</td><td>([^<]*)</td><td class=\"num\">0.05</td>", render_html(result))
+    assert ("pgd", "norm=inf, steps=10, random_starts=1, backend=torch, worst case over 3 seeds") in budgets  # the budget beside each number
+    assert any(attack == "fgsm" and "seeds" not in budget for attack, budget in budgets)
 
 
 def test_each_seed_breaking_other_samples_leaves_only_the_samples_no_seed_broke():
