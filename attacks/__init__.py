@@ -25,14 +25,16 @@ register = ATTACKS.register
 registry = ATTACKS.all
 
 
-def swept_eps(attacks: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Per norm ("inf", "2"), every eps the configured attacks (validated `[[attacks]]` tables) sweep, sorted."""
+def configured(attacks: list[dict[str, Any]]) -> dict[str, "Attack"]:
+    """The configured attacks (validated `[[attacks]]` tables) as instances, by id; names no registry knows are left out."""
     known = registry()
+    return {entry["id"]: known[entry["name"]](**entry["params"]) for entry in attacks if entry["name"] in known}
+
+
+def swept_eps(attacks: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Per norm ("inf", "2"), every eps the configured attacks sweep, sorted."""
     swept: dict[str, set[float]] = {}
-    for entry in attacks:
-        if entry["name"] not in known:
-            continue
-        attack = known[entry["name"]](**entry["params"])
+    for attack in configured(attacks).values():
         if attack.norm is not None and "eps" in attack.values:
             eps = attack.values["eps"]
             swept.setdefault(attack.norm, set()).update(float(e) for e in (eps if isinstance(eps, list) else [eps]))
@@ -41,5 +43,4 @@ def swept_eps(attacks: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 def attack_norms(attacks: list[dict[str, Any]]) -> dict[str, str | None]:
     """The threat model (norm) of each configured attack, by id."""
-    known = registry()
-    return {a["id"]: known[a["name"]](**a["params"]).norm for a in attacks if a["name"] in known}
+    return {attack_id: attack.norm for attack_id, attack in configured(attacks).items()}

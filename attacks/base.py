@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 GALLERY_SIZE = 8
 ROBUST_AT = "robust_correct@eps="  # per-sample key of an integrity attack: robust at that eps
-WORST_CASE_SMALLER = " at this eps and every smaller one"
+WORST_CASE_OVER, WORST_CASE_SMALLER = "worst case per sample over ", " at this eps and every smaller one"  # an ensemble row's message
 
 
 @dataclass
@@ -488,6 +488,6 @@ def ensemble_rows(
     clean_correct = next(iter(outputs.values()))[1].per_sample["clean_correct"]
     rows: list[dict[str, Any]] = []
     for (norm, eps), (members, worst) in worst_case({a: (norm, out.per_sample) for a, (norm, out) in outputs.items()}).items():
-        note = "worst case per sample over " + ", ".join(members) + WORST_CASE_SMALLER
+        note = WORST_CASE_OVER + ", ".join(members) + WORST_CASE_SMALLER
         rows += [{**row, "attack": ENSEMBLE[norm], "message": note} for row in _rate_rows(y, clean_correct, worst, eps, class_names)]
     return rows

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from attacks import registry
+from attacks import configured
 from attacks.base import AttackContext, AttackOutput, ensemble_rows, worst_over_repeats
 from audit.cache import content_key
 from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, table_checks
@@ -140,8 +140,7 @@ def execute(task: Task) -> TaskOutcome:
 
 
 def _attack(config: Config, attack_id: str) -> Any:
-    attack_cfg = next(a for a in config.attacks if a["id"] == attack_id)
-    return registry()[attack_cfg["name"]](**attack_cfg["params"])
+    return configured([a for a in config.attacks if a["id"] == attack_id])[attack_id]
 
 
 def run_attack_cell(session: AuditSession, task: Task) -> CellResult:

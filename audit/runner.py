@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from attacks import registry as attack_registry
+from attacks import configured
 from audit.cache import array_digest, default_cache_path
 from audit.cells import JOURNAL, JOURNAL_OWNER, PLAN, BuiltVariant, CellResult, Task, cell_key, load_cell, save_cell, slug, waived
 from audit.config import Config, check_against_data, load_config
@@ -267,7 +267,7 @@ def assemble(plan: Plan, session: AuditSession, executed: Executed) -> Assembled
             if cell.record.status == "ok":
                 out.artifacts[Path(cell.record.artifact).stem] = cell.arrays
         out.rows += [{**row, **where} for row in waived(executed.finished[(model, defense)].rows, model, defense, config)]
-    attacks = {a["id"]: attack_registry()[a["name"]](**a["params"]) for a in config.attacks}
+    attacks = configured(config.attacks)
     cells = {key: cell.arrays for key, cell in executed.cells.items() if cell.record.status == "ok"}
     built = {pair: variant.arrays for pair, variant in executed.variants.items() if variant.digest is not None}
     out.rows += change_rows(cells, built, attacks, config.seed)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from attacks import attack_norms, registry, swept_eps
-from attacks.base import ENSEMBLE, THREAT_EPS, WORST_CASE_SMALLER
+from attacks.base import ENSEMBLE, THREAT_EPS, WORST_CASE_OVER, WORST_CASE_SMALLER
 from audit.results import variant_label
 from reports.comparison import NOT_A_BUDGET, robust_column
 
@@ -82,7 +82,7 @@ def headline(table: pd.DataFrame, config: dict[str, Any]) -> list[Headline]:
 
 def attacks_behind(row: pd.Series) -> str:
     """The attacks a worst-case row was taken over, as its message names them."""
-    return str(row["message"]).removeprefix("worst case per sample over ").removesuffix(WORST_CASE_SMALLER)
+    return str(row["message"]).removeprefix(WORST_CASE_OVER).removesuffix(WORST_CASE_SMALLER)
 
 
 def headline_column(comparison: pd.DataFrame, config: dict[str, Any]) -> str | None:

@@ -26,7 +26,8 @@ def terminal_summary(result: AuditResult, report: Path, out_dir: Path) -> str:
     models = headline(table, meta.config)
     if models:
         chosen = [eps for eps, _ in models[0].robust]
-        behind = [next((attacks_behind(row) for item in models for e, row in item.robust if e == eps and row is not None), "") for eps in chosen]
+        # the attacks behind each column, as the first variant measured them; a variant with others says so in its cell
+        behind = [next((attacks_behind(row) for item in models if (row := item.robust[k][1]) is not None), "") for k in range(len(chosen))]
         header = ["variant", "clean accuracy", *(f"robust @ eps {e.eps:g} ({NORM_NAMES[e.norm]}, over {b})" for e, b in zip(chosen, behind))]
 
         def robust(row: object, common: str) -> str:
@@ -39,9 +40,11 @@ def terminal_summary(result: AuditResult, report: Path, out_dir: Path) -> str:
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         lines += ["", *("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in [header, *body])]
         lines += [f"  {e.text(t)}" for e in chosen]
-    flagged = [f"{variant_label(m, d)}: {', '.join(sorted(set(flags['metric'])))}"
-               for m, d in dict.fromkeys(zip(table["model"], table["defense"])) if m
-               for flags in [masking_flags(table, m, d)] if not flags.empty]
+    flagged = []
+    for model, defense in dict.fromkeys(zip(table["model"], table["defense"])):
+        flags = masking_flags(table, model, defense) if model else None
+        if flags is not None and not flags.empty:
+            flagged.append(f"{variant_label(model, defense)}: {', '.join(sorted(set(flags['metric'])))}")
     if flagged:
         lines += ["", "sanity flags (their robustness numbers may reflect masked gradients; docs/checks.md):", *(f"  {f}" for f in flagged)]
     for status, heading in (("error", "failed"), ("not_applicable", "not applicable")):
