@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.kansa-installed
 
-.PHONY: audit test setup browser docs clean
+.PHONY: audit test setup browser docs bench-deps clean
 
 audit: $(STAMP)
 	$(BIN)/kansa run audit/resources/example.toml --out runs/default
@@ -22,6 +22,13 @@ browser:
 	@fc-list 2>/dev/null | grep -qi ipagothic || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-ipafont-gothic) >/dev/null 2>&1 || true
 
 setup: $(STAMP)
+
+# Independent implementations the attack benchmark compares with (bench/bench_attacks.py); never a dependency of Kansa.
+# --no-deps: torchattacks declares torchvision, which cannot load beside the CPU torch, and imports fine without it;
+# multiprocess and dill are what ART's own AutoAttack imports when it runs.
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps torchattacks==3.5.1 foolbox==3.3.4 eagerpy==0.30.0 \
+	  gitpython==3.2.1 gitdb==4.0.12 smmap==5.0.3 multiprocess==0.70.19 dill==0.4.1
 
 # Regenerate the generated references between their markers: the config schema in docs/config.md from the
 # validator's declarations, the metrics in docs/results-schema.md from the metric registry.

@@ -13,6 +13,8 @@ ATTACKS: Registry[type["Attack"]] = Registry(
     "attack",
     (
         "attacks.evasion",
+        "attacks.apgd",
+        "attacks.autoattack",
         "attacks.minimum_norm",
         "attacks.blackbox",
         "attacks.membership",

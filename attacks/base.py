@@ -6,8 +6,9 @@ the gates and the report read about it; none of them special-cases an attack by 
 
 - `kind` (`AttackKind`): what it measures; evasion and minimisation attacks are integrity checks,
   the others confidentiality checks (the `category` of their rows).
-- `norm`: the threat model, "inf" or "2", or None for attacks without an epsilon ball; attacks
-  with a norm join the per-sample worst case (the ensemble) at each of their eps.
+- `norm`: the threat model, "inf" or "2" (evasion attacks; minimum-norm ones may also minimise
+  "1" or "0", the count of values changed), or None for attacks without an epsilon ball; attacks
+  with a norm join the per-sample worst case (the ensemble of that norm) at each of their eps.
 - `access` (`Access`): gradients, the model's structure, scores or labels only; the sanity checks
   compare black-box with white-box (gradient) attacks of the same norm, and white-box ones with
   random noise. `inapplicable(target)` says why an attack cannot run on a model (its access is not
@@ -343,13 +344,14 @@ class MinimizationAttack(Attack):
     """An attack that finds, per sample, the smallest perturbation that flips the prediction.
 
     One run gives the whole robust-accuracy-vs-eps curve: a sample is robust at eps when it is
-    classified correctly and the attack found no flip of size <= eps (as in Foolbox 3). Samples
-    are streamed in batches of `batch_size`, as in `EvasionAttack`.
+    classified correctly and the attack found no flip of size <= eps (as in Foolbox 3), the size
+    measured here in the attack's own `norm` ("inf", "2", "1", or "0": the number of input values
+    changed). Samples are streamed in batches of `batch_size`, as in `EvasionAttack`.
     """
 
     kind = AttackKind.MINIMIZATION
-    emits = ("clean_accuracy", "robust_accuracy", "success_rate", "success_rate_unbounded", "min_perturbation_l2",
-             "median_min_perturbation_l2", "min_perturbation_linf", "median_min_perturbation_linf")
+    emits = ("clean_accuracy", "robust_accuracy", "success_rate", "success_rate_unbounded",
+             *(f"{kind}_l{norm}" for norm in ("2", "inf", "1", "0") for kind in ("min_perturbation", "median_min_perturbation")))
     params = (
         Param("eps", OneOrMany(Number(0, None, closed="neither")), [0.25, 0.5, 1.0, 2.0], "budgets to read robust accuracy off at"),
         Param("batch_size", Number(1, 100_000, integer=True), 128, "samples per attack batch"),
@@ -363,11 +365,18 @@ class MinimizationAttack(Attack):
     def minimize(self, target: "Target", x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Adversarial candidates with no size bound; failures may be returned unchanged."""
 
+    def perturbation_size(self, delta: np.ndarray) -> np.ndarray:
+        """Per-sample size of a perturbation in this attack's norm, in float64 so the reported means do not depend on summation order."""
+        flat = delta.reshape(len(delta), -1).astype(np.float64)
+        if self.norm == "0":
+            return np.count_nonzero(flat, axis=1).astype(np.float64)
+        return np.linalg.norm(flat, ord=np.inf if self.norm == "inf" else float(self.norm), axis=1)
+
     def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
         n, batch = len(y), self.values["batch_size"]
         low, high = target.clip_values
         clean_correct, flipped = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-        linf, l2 = np.zeros(n), np.zeros(n)
+        size = np.zeros(n)
         gallery = _Gallery()
         for start in range(0, n, batch):
             xb, yb = x[start : start + batch], y[start : start + batch]
@@ -378,10 +387,9 @@ class MinimizationAttack(Attack):
             adv_logits = _finite(target.logits(x_adv, batch), "adversarial", start)
             clean_correct[start : start + batch] = correct
             flipped[start : start + batch] = correct & (adv_logits.argmax(axis=1) != yb)
-            linf[start : start + batch], l2[start : start + batch] = _norms(x_adv - xb)
+            size[start : start + batch] = self.perturbation_size(x_adv - xb)
             gallery.add(start, xb, yb, clean_logits, correct, [x_adv], [adv_logits])
             context.advance(len(yb))
-        size = l2 if self.norm == "2" else linf
         minimal = np.where(flipped, size, np.inf)
         minimal[~clean_correct] = 0.0
         per_sample: dict[str, np.ndarray] = {"clean_correct": clean_correct, "min_perturbation": minimal}
@@ -398,8 +406,9 @@ class MinimizationAttack(Attack):
         return AttackOutput(rows, per_sample, gallery.artifacts([np.nan]))
 
 
-ENSEMBLE = {"inf": "ensemble", "2": "ensemble-l2"}
-THREAT_EPS = {"inf": "threat_linf_eps", "2": "threat_l2_eps"}  # the [evaluation] keys declaring each norm's threat-model eps
+ENSEMBLE = {"inf": "ensemble", "2": "ensemble-l2", "1": "ensemble-l1", "0": "ensemble-l0"}
+NORM_NAMES = {"inf": "L∞", "2": "L2", "1": "L1", "0": "L0"}
+THREAT_EPS = {"inf": "threat_linf_eps", "2": "threat_l2_eps", "1": "threat_l1_eps", "0": "threat_l0_eps"}  # the [evaluation] keys declaring each norm's threat-model eps
 
 
 def worst_case(outputs: dict[str, tuple[str, dict[str, np.ndarray]]]) -> dict[tuple[str, float], tuple[list[str], np.ndarray]]:

@@ -1,4 +1,4 @@
-"""White-box gradient attacks, always on true labels: FGSM and PGD, Auto-PGD and the AutoAttack-style cascade.
+"""White-box gradient attacks, always on true labels: FGSM and PGD, and what torch-native attacks share.
 
 FGSM and PGD run by default as a batched torch loop that takes ART's steps exactly (the gradient
 of the mean cross-entropy; its sign, or for L2 the gradient over its per-sample norm; clipping to
@@ -8,7 +8,7 @@ those steps: numpy round trips per step, a success-rate log that predicts everyt
 and separate prediction passes for logits the attack already computed (the clean logits come from
 the first gradient's forward when the attack starts at the clean input, and FGSM's one gradient
 serves every eps of a sweep). `backend = "art"` runs ART itself, the reference the tests compare
-against per sample. Auto-PGD and AutoAttack go through ART.
+against per sample.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from attacks import register
-from attacks.base import AttackContext, AttackOutput, EvasionAttack, Stronger, SweepBatch
-from audit.params import Choice, Location, Number, Param
+from attacks.base import EvasionAttack, Stronger, SweepBatch
+from audit.params import Choice, Number, Param
 
 if TYPE_CHECKING:
     import torch
 
-    from audit.data import Dataset, Splits
     from audit.models import Target
 
 
@@ -104,7 +103,7 @@ def _random_start(x: "torch.Tensor", eps: float, norm: str, clip: tuple[float, f
 
 
 @dataclass(frozen=True)
-class _Views:
+class Views:
     """A target as the torch path uses it: `decide` gives the measured outputs, `differentiate` the gradients.
 
     They are one module unless the target borrows its gradients (`Target.gradient_module`: the raw
@@ -120,40 +119,73 @@ class _Views:
         return self.decide is self.differentiate
 
 
-class _TorchOrArt(EvasionAttack):
-    """An attack with two implementations of the same steps: a batched torch loop (default) and ART's (the reference)."""
+class TorchAttack(EvasionAttack):
+    """An attack implemented as a batched torch sweep: tensors in, tensors out, no numpy round trip per step."""
 
     @abstractmethod
-    def art_attack(self, target: "Target", eps: float) -> Any:
-        """The ART attack object for `eps`."""
-
-    @abstractmethod
-    def torch_sweep(self, model: _Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
+    def torch_sweep(self, model: Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
                     clip: tuple[float, float]) -> tuple["torch.Tensor", list["torch.Tensor"], list["torch.Tensor"]]:
         """(clean logits, adversarial inputs per eps, their logits per eps) for one batch, in torch."""
 
     def sweep_batch(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: list[float]) -> SweepBatch:
-        """The torch path on one batch; on ART, the base's predict, `perturb` per eps, predict."""
-        if self.values["backend"] == "art":
-            return super().sweep_batch(target, x, y, eps)
         import torch
 
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-        model = _Views(target.module, target.attack_module)
+        model = Views(target.module, target.attack_module)
         clean, x_adv, adv_logits = self.torch_sweep(model, xt, yt, eps, target.clip_values)
         return SweepBatch(clean.numpy(), [a.numpy() for a in x_adv], [logits.numpy() for logits in adv_logits])
 
     def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
         """Adversarial versions of x (for callers outside the sweep: the sanity checks, the transfer attack).
 
-        The torch path runs `sweep_batch` per batch and drops its logits, a pass these callers make themselves.
+        It runs `sweep_batch` per batch and drops its logits, a pass these callers make themselves.
         """
-        if self.values["backend"] == "art":
-            return self.art_attack(target, eps).generate(x, y=y)
         batch = self.values["batch_size"]
         return np.concatenate([self.sweep_batch(target, x[i : i + batch], y[i : i + batch], [eps]).x_adv[0]
                                for i in range(0, len(x), batch)])
+
+
+class TorchOrArt(TorchAttack):
+    """An attack with two implementations: a batched torch loop (default) and ART's (the reference), chosen by `backend`."""
+
+    @abstractmethod
+    def art_attack(self, target: "Target", eps: float) -> Any:
+        """The ART attack object for `eps`."""
+
+    def sweep_batch(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: list[float]) -> SweepBatch:
+        """The torch path on one batch; on ART, the base's predict, `perturb` per eps, predict."""
+        if self.values["backend"] == "art":
+            return EvasionAttack.sweep_batch(self, target, x, y, eps)
+        return super().sweep_batch(target, x, y, eps)
+
+    def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+        if self.values["backend"] == "art":
+            return self.art_attack(target, eps).generate(x, y=y)
+        return super().perturb(target, x, y, eps)
+
+
+def nested_sweep(model: Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
+                 attack: "Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]"
+                 ) -> tuple["torch.Tensor", list["torch.Tensor"], list["torch.Tensor"]]:
+    """An eps sweep, smallest eps first, in which a sample broken at one eps keeps its adversarial example at every larger eps.
+
+    A point inside a ball is inside every larger ball of the same norm, so this is exact, and only the
+    samples still robust are attacked again. `attack(robust, eps)` attacks the samples marked robust and
+    returns (still robust, adversarial inputs); the result is `torch_sweep`'s, in the order of `eps`.
+    """
+    import torch
+
+    clean = _logits(model.decide, x)
+    robust, current = clean.argmax(1) == y, x
+    results: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
+    for e in sorted(set(eps)):
+        still, found = attack(robust, e)
+        current = torch.where((robust & ~still).view(-1, *[1] * (x.dim() - 1)), found, current)
+        logits = _logits(model.decide, current)
+        robust = still & (logits.argmax(1) == y)
+        results[e] = (current, logits)
+    return clean, [results[e][0] for e in eps], [results[e][1] for e in eps]
 
 
 def more_steps_and_a_restart(attack: EvasionAttack, eps: float) -> Stronger:
@@ -169,7 +201,7 @@ BACKEND = Param("backend", Choice(("torch", "art")), "torch",
 
 
 @register
-class FGSM(_TorchOrArt):
+class FGSM(TorchOrArt):
     name = "fgsm"
     single_step = True
     summary = "Fast gradient sign method (Goodfellow et al. 2015): one gradient step of size eps"
@@ -180,7 +212,7 @@ class FGSM(_TorchOrArt):
 
         return FastGradientMethod(target.art_classifier, norm=art_norm(self.norm), eps=eps, eps_step=eps, batch_size=self.values["batch_size"])
 
-    def torch_sweep(self, model: _Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
+    def torch_sweep(self, model: Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
                     clip: tuple[float, float]) -> tuple["torch.Tensor", list["torch.Tensor"], list["torch.Tensor"]]:
         """One forward and backward give the clean logits and the direction for every eps; then one forward per eps."""
         logits, grad = _logits_and_gradient(model.differentiate, x, y)
@@ -191,7 +223,7 @@ class FGSM(_TorchOrArt):
 
 
 @register
-class PGD(_TorchOrArt):
+class PGD(TorchOrArt):
     name = "pgd"
     randomized = True
     summary = "Projected gradient descent (Madry et al. 2018): iterated steps projected back into the eps ball"
@@ -223,7 +255,7 @@ class PGD(_TorchOrArt):
             verbose=False,
         )
 
-    def torch_sweep(self, model: _Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
+    def torch_sweep(self, model: Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
                     clip: tuple[float, float]) -> tuple["torch.Tensor", list["torch.Tensor"], list["torch.Tensor"]]:
         """Without random starts the first step is at x for every eps: its forward gives the clean logits, its gradient every eps's first step.
 
@@ -243,7 +275,7 @@ class PGD(_TorchOrArt):
         results = [self._attack(model, x, y, clean_pred, e, first, clip) for e in eps]
         return clean, [adv for adv, _ in results], [logits for _, logits in results]
 
-    def _attack(self, model: _Views, x: "torch.Tensor", y: "torch.Tensor", clean_pred: "torch.Tensor | None", eps: float,
+    def _attack(self, model: Views, x: "torch.Tensor", y: "torch.Tensor", clean_pred: "torch.Tensor | None", eps: float,
                 first: "torch.Tensor | None", clip: tuple[float, float]) -> tuple["torch.Tensor", "torch.Tensor"]:
         """ART's PGD on one batch at one eps: the adversarial inputs and their logits.
 
@@ -274,115 +306,3 @@ class PGD(_TorchOrArt):
             adv = _step(adv, x, direction, eps, step, self.norm, clip)
         return adv
 
-
-# The DLR loss divides by the gap between the first and third largest logits (Croce & Hein 2020).
-DLR_MIN_CLASSES = 3
-
-
-@register
-class AutoPGD(EvasionAttack):
-    name = "apgd"
-    summary = "Auto-PGD (Croce & Hein 2020): step-size-free PGD with cross-entropy or DLR loss"
-    randomized = True
-    params = (
-        *EvasionAttack.params,
-        Param("loss", Choice(("ce", "dlr")), "ce", "cross-entropy, or the difference-of-logits ratio (robust to logit scaling; 3 classes or more)"),
-        Param("steps", Number(1, 10_000, integer=True), 50, "iterations per start", quick=3),
-        Param("random_starts", Number(1, 100, integer=True), 1, "random starts in the ball"),
-    )
-
-    @classmethod
-    def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
-        super().check_data(values, dataset, splits, where)
-        if values["loss"] == "dlr" and dataset.n_classes < DLR_MIN_CLASSES:
-            raise where.child("loss").error(
-                f'"dlr" needs at least {DLR_MIN_CLASSES} classes (it divides by the gap between the first and third largest logits); '
-                f'{dataset.name} has {dataset.n_classes}: use loss = "ce"')
-
-    def strengthened(self, eps: float) -> Stronger:
-        return more_steps_and_a_restart(self, eps)
-
-    def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
-        return apgd(target, x, y, eps, self.values["norm"], self.values["loss"], self.values["steps"],
-                    self.values["random_starts"], self.values["batch_size"])
-
-
-def square(target: "Target", x: np.ndarray, y: np.ndarray, eps: float, norm: str, queries: int, batch: int) -> np.ndarray:
-    from art.attacks.evasion import SquareAttack
-
-    attack = SquareAttack(target.art_classifier, norm=art_norm(norm), eps=eps, max_iter=queries, batch_size=batch, verbose=False)
-    return attack.generate(x, y=y)
-
-
-def apgd(target: "Target", x: np.ndarray, y: np.ndarray, eps: float, norm: str, loss: str, steps: int, starts: int, batch: int) -> np.ndarray:
-    from art.attacks.evasion import AutoProjectedGradientDescent
-
-    attack = AutoProjectedGradientDescent(
-        target.art_classifier,
-        norm=art_norm(norm),
-        eps=eps,
-        eps_step=2 * eps,
-        max_iter=steps,
-        nb_random_init=starts,
-        batch_size=batch,
-        loss_type="cross_entropy" if loss == "ce" else "difference_logits_ratio",
-        verbose=False,
-    )
-    return attack.generate(x, y=y)
-
-
-@dataclass(frozen=True)
-class _Stage:
-    label: str
-    run: "Callable[[np.ndarray, np.ndarray], np.ndarray]"
-
-
-@register
-class AutoAttack(EvasionAttack):
-    name = "autoattack"
-    summary = ("AutoAttack-style cascade (Croce & Hein 2020): APGD-CE, then APGD-DLR, then Square on what survives "
-               "(APGD-DLR needs 3 classes or more, Square image inputs; a stage that does not apply is skipped and the rows say so)")
-    randomized = True
-    params = (
-        *EvasionAttack.params,
-        Param("steps", Number(1, 10_000, integer=True), 50, "APGD iterations", quick=3),
-        Param("queries", Number(1, 100_000, integer=True), 1000, "Square attack queries per sample", quick=20),
-    )
-
-    def stages(self, target: "Target", eps: float) -> tuple[list[_Stage], list[str]]:
-        """The stages that apply to this target, and why each of the others was left out."""
-
-        norm, steps, batch = self.values["norm"], self.values["steps"], self.values["batch_size"]
-        kept = [_Stage("APGD-CE", lambda xs, ys: apgd(target, xs, ys, eps, norm, "ce", steps, 1, batch))]
-        skipped = []
-        if target.n_classes >= DLR_MIN_CLASSES:
-            kept.append(_Stage("APGD-DLR", lambda xs, ys: apgd(target, xs, ys, eps, norm, "dlr", steps, 1, batch)))
-        else:
-            skipped.append(f"APGD-DLR (its loss needs at least {DLR_MIN_CLASSES} classes; this model has {target.n_classes})")
-        if len(target.input_shape) == 3:
-            kept.append(_Stage("Square", lambda xs, ys: square(target, xs, ys, eps, norm, self.values["queries"], batch)))
-        else:
-            skipped.append("Square (it perturbs image patches; these inputs are feature vectors)")
-        return kept, skipped
-
-    def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
-        output = super().run(target, x, y, context)
-        kept, skipped = self.stages(target, 0.0)
-        if skipped:
-            note = (f"cascade of {', '.join(stage.label for stage in kept)} only, without " + "; ".join(skipped)
-                    + ": weaker than the full AutoAttack, so robust accuracy may be overstated")
-            for row in output.rows:
-                if row["metric"] == "robust_accuracy" and row.get("subset", "all") == "all":
-                    row["message"] = note
-        return output
-
-    def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
-        x_adv = x.copy()
-        for stage in self.stages(target, eps)[0]:
-            alive = np.flatnonzero(target.predict(x_adv, self.values["batch_size"]) == y)
-            if len(alive) == 0:
-                break
-            candidate = stage.run(x[alive], y[alive]).astype(np.float32)
-            flipped = target.predict(candidate, self.values["batch_size"]) != y[alive]
-            x_adv[alive[flipped]] = candidate[flipped]
-        return x_adv

@@ -1,5 +1,5 @@
-"""Minimum-norm attacks, one run for the whole curve: Carlini-Wagner L2 and DeepFool through ART (gradients),
-and the exact attack on a decision tree (its nodes)."""
+"""Minimum-norm attacks, one run for the whole curve: FMN in L0, L1, L2 or L-inf (torch, the recommended one),
+Carlini-Wagner L2 and DeepFool through ART (gradients), and the exact attack on a decision tree (its nodes)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,53 @@ import numpy as np
 
 from attacks import register
 from attacks.base import Access, MinimizationAttack
-from audit.params import Choice, Number, OneOrMany, Param
+from attacks.fmn import NORMS, fmn
+from audit.params import Choice, Location, Number, OneOrMany, Param
 
 if TYPE_CHECKING:
     from audit.models import Target
+
+# Budgets a user expects per norm on inputs in [0, 1]; L0's count input values changed.
+FMN_EPS = {"inf": [0.05, 0.1, 0.2, 0.3], "2": [0.25, 0.5, 1.0, 2.0], "1": [1.0, 2.0, 5.0, 10.0], "0": [1.0, 3.0, 10.0, 30.0]}
+
+
+@register
+class FMN(MinimizationAttack):
+    """Recommended over CW and DeepFool: in measurements on the digits CNN (tests/test_fmn.py) it finds smaller L2
+    perturbations than either, in a fixed number of batched forward-backward passes, and it covers L0, L1 and L-inf too."""
+
+    name = "fmn"
+    summary = "Fast minimum-norm attack (Pintor et al. 2021): adaptive Lp-ball projections in L0, L1, L2 or L-inf, one run for the whole curve"
+    params = (
+        Param("eps", OneOrMany(Number(0, None, closed="neither")), None,
+              "budgets to read robust accuracy off at; default per norm: " + "; ".join(f"{norm}: {', '.join(f'{e:g}' for e in eps)}"
+                                                                               for norm, eps in FMN_EPS.items()) + " (L0: input values changed)"),
+        Param("norm", Choice(NORMS), "2", "the norm minimised (\"0\" counts the input values changed)"),
+        *(param for param in MinimizationAttack.params if param.name != "eps"),
+        Param("steps", Number(1, 10_000, integer=True), 100, "forward-backward passes per batch", quick=3),
+        Param("step_size", Number(0, 100, closed="right"), 1.0, "initial step along the L2-normalised gradient, annealed to 1/100 of it"),
+        Param("gamma", Number(0, 1, closed="neither"), 0.05, "initial relative change of the ball's radius per step, annealed to 0.001"),
+    )
+
+    @classmethod
+    def check(cls, values: dict[str, Any], where: Location) -> None:
+        """Fill the eps of the chosen norm, so an L1 or L0 run never reads L2 budgets; L0 budgets are whole counts."""
+        if values["eps"] is None:
+            values["eps"] = list(FMN_EPS[values["norm"]])
+        fractional = [e for e in values["eps"] if values["norm"] == "0" and not float(e).is_integer()]
+        if fractional:
+            raise where.child("eps").error(f"L0 budgets count input values changed and must be whole numbers, got {', '.join(f'{e:g}' for e in fractional)}")
+
+    @property
+    def norm(self) -> str:
+        return self.values["norm"]
+
+    def minimize(self, target: "Target", x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        import torch
+
+        x_adv = fmn(target.attack_module, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(np.asarray(y, dtype=np.int64)),
+                    self.norm, self.values["steps"], target.clip_values, step_size=self.values["step_size"], gamma=self.values["gamma"])
+        return x_adv.numpy()
 
 
 @register

@@ -21,7 +21,7 @@ import numpy as np
 from attacks import configured
 from attacks.base import AttackContext, AttackOutput, ensemble_rows, worst_over_repeats
 from audit.cache import content_key
-from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, table_checks
+from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, probe_subsample, table_checks
 from audit.config import Config
 from audit.errors import describe_exception
 from audit.files import write_npz_atomic
@@ -214,12 +214,15 @@ def finish_variant(session: AuditSession, task: Task) -> CellResult:
         seed = derive_seed(config.seed, "checks", *variant.labels, "results")
         seed_everything(seed)
         target, x, y = variant.target, session.x_eval, session.y_eval
+        subsample = probe_subsample(y, seed)
+        start = time.perf_counter()
         sanity = [
             *table_checks(table, attacks),
             *probe_noise(target, x, y, table, attacks, seed),
-            *([probe_large_eps(target, x, y, session.dataset.n_classes)] if target.differentiable else []),
-            *probe_convergence(target, x, y, table, attacks),
+            *([probe_large_eps(target, x, y, session.dataset.n_classes, subsample)] if target.differentiable else []),
+            *probe_convergence(target, x, y, table, attacks, {a: out.per_sample for a, (_, out) in outputs.items()}, subsample),
         ]
+        sanity.append(count_row("checks_seconds", time.perf_counter() - start, category=Category.COST))
     return CellResult(task.key, record, finished + variant.probes + sanity)
 
 

@@ -41,6 +41,8 @@ EVALUATION_PARAMS = (
           "the L-inf budget your threat model names (e.g. 0.1, or 8/255 = 0.0314); every headline reports robust accuracy at it; "
           "it must be among the eps an L-inf attack sweeps"),
     Param("threat_l2_eps", Number(0, None, closed="neither"), None, "the same for the L2 threat model"),
+    Param("threat_l1_eps", Number(0, None, closed="neither"), None, "the same for the L1 threat model"),
+    Param("threat_l0_eps", Number(0, None, closed="neither"), None, "the same for the L0 threat model (input values changed)"),
 )
 HISTORY_PARAMS = (
     Param("enabled", Flag(), True, "record every run in the history database"),
@@ -216,7 +218,7 @@ def _check_threat_eps(evaluation: dict[str, Any], attacks: list[dict[str, Any]],
         eps = evaluation[key]
         if eps is not None and not any(abs(eps - e) <= 1e-9 * max(1.0, eps) for e in swept.get(norm, [])):
             listed = ", ".join(f"{e:g}" for e in swept.get(norm, [])) or "none"
-            raise where.child(key).error(f"{eps:g} is not among the eps the {'L-inf' if norm == 'inf' else 'L2'} attacks sweep ({listed}); "
+            raise where.child(key).error(f"{eps:g} is not among the eps the L{'-inf' if norm == 'inf' else norm} attacks sweep ({listed}); "
                                          "add it to an attack's eps list")
 
 

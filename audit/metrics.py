@@ -157,6 +157,7 @@ _FLAG = _Kind("flag", ".0f", False)
 _SECONDS = _Kind("seconds", ".3g", False)
 _SETTING = _Kind("setting", ".3g", False)
 _L2, _LINF = _Kind("L2 norm", ".3g", False), _Kind("L-inf norm", ".3g", False)
+_L1, _L0 = _Kind("L1 norm", ".3g", False), _Kind("L0 norm", ".3g", False)
 _HIGHER, _LOWER, _NEUTRAL = Direction.HIGHER, Direction.LOWER, Direction.NEUTRAL
 
 
@@ -166,13 +167,14 @@ def _builtin(category: Category, *rows: tuple[str, _Kind, Direction, str | None,
         register_metric(Metric(name, meaning, direction, kind.unit, kind.format, characteristic, kind.interval, category, subsets, panel))
 
 
-def _perturbation_sizes(norm: str, single: _Kind, minimal: bool) -> tuple[tuple[str, _Kind, Direction, str | None, str, str], ...]:
-    """The size metrics of one threat model, named `..._l{norm}` as the attacks name them: applied sizes, or minimal ones."""
+def _perturbation_sizes(norm: str, single: _Kind, minimal: bool, applied: bool = True) -> tuple[tuple[str, _Kind, Direction, str | None, str, str], ...]:
+    """The size metrics of one threat model, named `..._l{norm}` as the attacks name them: applied sizes (for the norms
+    evasion attacks have) and mean minimal ones, or median minimal ones."""
     mean = single._replace(format=".3f", interval=True)
-    label = single.unit.removesuffix(" norm")
+    label = single.unit.removesuffix(" norm") + (", the number of input values changed" if norm == "0" else "")
     if not minimal:
-        return ((f"perturbation_l{norm}", mean, _NEUTRAL, "C-2", "all", f"mean {label} size of the perturbation actually applied"),
-                (f"min_perturbation_l{norm}", mean, _HIGHER, "C-2", "all", f"minimum-norm attacks ({label}): mean minimal perturbation of the flipped samples"))
+        return (((f"perturbation_l{norm}", mean, _NEUTRAL, "C-2", "all", f"mean {label} size of the perturbation actually applied"),) if applied else ()) + (
+            (f"min_perturbation_l{norm}", mean, _HIGHER, "C-2", "all", f"minimum-norm attacks ({label}): mean minimal perturbation of the flipped samples"),)
     return ((f"median_min_perturbation_l{norm}", single, _HIGHER, "C-2", "all",
              f"minimum-norm attacks ({label}): median minimal perturbation of the flipped samples"),)
 
@@ -213,6 +215,8 @@ _builtin(
     ("success_rate", _RATE, _LOWER, "C-2", "all", "share of initially correct samples the attack flips (n = initially correct)"),
     *_perturbation_sizes("inf", _LINF, minimal=False),
     *_perturbation_sizes("2", _L2, minimal=False),
+    *_perturbation_sizes("1", _L1, minimal=False, applied=False),
+    *_perturbation_sizes("0", _L0, minimal=False, applied=False),
     ("surrogate_accuracy", _RATE, _NEUTRAL, "C-2", "all", "transfer attack: the surrogate's test accuracy (the attacker's strength, not the target's)"),
 )
 _builtin(
@@ -222,6 +226,8 @@ _builtin(
       "less means a failing attack (`min_norm_not_reaching_full_success`), not a robust model")),
     *_perturbation_sizes("inf", _LINF, minimal=True),
     *_perturbation_sizes("2", _L2, minimal=True),
+    *_perturbation_sizes("1", _L1, minimal=True),
+    *_perturbation_sizes("0", _L0, minimal=True),
     panel="minimal_perturbation",
 )
 _builtin(
@@ -231,7 +237,7 @@ _builtin(
                     "black_box_stronger_than_white_box", "attack_no_better_than_noise", "vanishing_gradients", "not_converged")),
     ("randomized_outputs", _FLAG, _NEUTRAL, "C-2", "all", "1 when identical calls gave different outputs, so attacks used EoT; informational"),
     ("noise_robust_accuracy", _RATE, _HIGHER, "C-2", "param eps",
-     "attack `noise-linf` / `noise-l2`: accuracy under random noise of the same size, the baseline of `attack_no_better_than_noise`"),
+     "attack `noise-linf` / `noise-l2` / `noise-l1` / `noise-l0`: accuracy under random noise of the same size, the baseline of `attack_no_better_than_noise`"),
 )
 _builtin(
     Category.COST,
@@ -239,6 +245,7 @@ _builtin(
      ("wall time (varies between identical runs); a variant whose weights came from the cache reports the time of its first training, "
       "and says so in `message`")),
     ("attack_seconds", _SECONDS, _LOWER, None, "all", "wall time of one attack cell"),
+    ("checks_seconds", _SECONDS, _LOWER, None, "all", "wall time of a variant's sanity checks (the probes that attack again, on their subsample)"),
     ("inference_ms_per_sample", _Kind("milliseconds", ".3g", False), _LOWER, None, "split=test", "prediction time per sample over the test split"),
     ("compression_seconds", _SECONDS, _LOWER, None, "all", "time to quantize a model"),
     ("parameters", _COUNT, _LOWER, None, "all", "model size (quantized weights count by their int8 entries)"),

@@ -9,11 +9,9 @@ from typing import Any, Callable
 import pandas as pd
 
 from attacks import attack_norms, registry, swept_eps
-from attacks.base import ENSEMBLE, THREAT_EPS, WORST_CASE_OVER, WORST_CASE_SMALLER
+from attacks.base import ENSEMBLE, NORM_NAMES, THREAT_EPS, WORST_CASE_OVER, WORST_CASE_SMALLER
 from audit.results import variant_label
 from reports.comparison import NOT_A_BUDGET, robust_column
-
-NORM_NAMES = {"inf": "L∞", "2": "L2"}
 
 
 @dataclass(frozen=True)

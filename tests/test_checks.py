@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.base import EvasionAttack
+from attacks.base import ROBUST_AT, EvasionAttack
 from attacks.evasion import FGSM, PGD, more_steps_and_a_restart
 from audit import run_audit
-from audit.checks import probe_convergence, table_checks
+from audit.checks import PROBE_SAMPLES, probe_convergence, probe_subsample, table_checks
 from audit.cli import main
 from audit.results import make_table, rate_row
 from tests.conftest import SMALL_AUDIT, write
@@ -59,7 +59,8 @@ class _Marked:
 
 
 class _SlowAttack(EvasionAttack):
-    """Flips as many samples as it has steps times starts, up to 10: more budget helps until it saturates."""
+    """Flips the samples numbered below its steps times starts, up to 10 (the number is the second feature):
+    more budget helps until it saturates."""
 
     name = "slow-test-attack"
     summary = "synthetic"
@@ -70,19 +71,31 @@ class _SlowAttack(EvasionAttack):
 
     def perturb(self, target, x, y, eps):
         flipped = x.copy()
-        flipped[: min(self.values["steps"] * self.values["random_starts"], 10), 0] = -1.0
+        flipped[x[:, 1] < min(self.values["steps"] * self.values["random_starts"], 10), 0] = -1.0
         return flipped
 
 
 def test_convergence_check_on_a_synthetic_attack():
-    """The probe builds the stronger attack from the attack's own declaration, not through the registry."""
+    """The probe builds the stronger attack from the attack's own declaration, not through the registry, and runs it
+    only on the samples the configured attack left robust."""
     x, y = np.ones((200, 3), np.float32), np.zeros(200, np.int64)
-    for steps, expected in ((20, 0.0), (2, 1.0)):  # 20 steps: saturated; 2 steps: 2 flips, then 8 with more budget
+    x[:, 1] = np.arange(200)
+    for steps, expected in ((20, 0.0), (2, 1.0)):  # 20 steps: saturated; 2 steps: 2 flips, then 6 more with more budget
         attack = _SlowAttack(eps=0.5, steps=steps, random_starts=1)
         table = robust_rows({"slow": {0.5: 1 - min(steps, 10) / 200}})
-        (row,) = probe_convergence(_Marked(), x, y, table, {"slow": attack})
+        per_sample = {"slow": {f"{ROBUST_AT}0.5": np.arange(200) >= min(steps, 10)}}
+        (row,) = probe_convergence(_Marked(), x, y, table, {"slow": attack}, per_sample, np.arange(200))
         assert row["value"] == expected, row["message"]
-    assert row["message"] == "slow at eps 0.5: 0.990 as configured, 0.960 with 4 steps and 2 random starts instead of 2 and 1"
+    assert row["message"] == ("slow at eps 0.5 (0.990 as configured): 4 steps and 2 random starts instead of 2 and 1 breaks 6 of the "
+                              "198 samples it left robust (3.0% of the samples probed)")
+
+
+def test_the_probes_that_attack_again_run_on_a_stratified_subsample_of_the_attacked_samples():
+    y = np.repeat(np.arange(10), [300, 200, 100, 100, 100, 100, 50, 25, 15, 10])
+    subsample = probe_subsample(y, seed=3)
+    assert len(subsample) == PROBE_SAMPLES and len(np.unique(subsample)) == PROBE_SAMPLES
+    assert np.bincount(y[subsample], minlength=10).tolist() == [150, 100, 50, 50, 50, 50, 25, 13, 7, 5]
+    assert np.array_equal(probe_subsample(y[:300], seed=3), np.arange(300))  # fewer than 500: all of them
 
 
 MASKED_AUDIT = """

@@ -69,7 +69,7 @@ def test_template_keys_named_like_dict_methods_render_their_values():
 
 
 def test_autoattack_on_two_classes_runs_the_stages_defined_for_them_and_says_which_it_left_out(cancer):
-    from attacks.evasion import AutoAttack
+    from attacks.autoattack import AutoAttack
 
     dataset, splits, target = cancer
     x, y = dataset.x[splits.test][:60], dataset.y[splits.test][:60]
@@ -77,7 +77,7 @@ def test_autoattack_on_two_classes_runs_the_stages_defined_for_them_and_says_whi
     (row,) = [r for r in output.rows if r["metric"] == "robust_accuracy" and r.get("subset", "all") == "all"]
     clean = next(r for r in output.rows if r["metric"] == "clean_accuracy")
     assert row["value"] < clean["value"]  # the APGD-CE stage did attack
-    assert "APGD-DLR" in row["message"] and "Square" in row["message"] and "overstated" in row["message"]
+    assert "without APGD-T" in row["message"] and "without Square" in row["message"] and "overstated" in row["message"]
 
 
 @pytest.mark.parametrize("extra, key, reason", [
