@@ -108,10 +108,14 @@ class Measured:
         return f"| {self.label} | {self.robust / self.n:.3f} [{low:.3f}, {high:.3f}] | {self.seconds:.1f} | {ratio} | {self.note} |"
 
 
+def _size(delta: np.ndarray, norm: str) -> np.ndarray:
+    flat = delta.reshape(len(delta), -1).astype(np.float64)
+    return {"inf": np.abs(flat).max(1), "2": np.linalg.norm(flat, axis=1), "1": np.abs(flat).sum(1), "0": (flat != 0).sum(1)}[norm]
+
+
 def _robust(target: "Target", x: np.ndarray, y: np.ndarray, x_adv: np.ndarray, eps: float, norm: str) -> tuple[int, str]:
     """Samples still classified correctly, counting an output outside the ball or the input range as broken-by-cheating (refused)."""
-    delta = (x_adv - x).reshape(len(x), -1).astype(np.float64)
-    size = {"inf": np.abs(delta).max(1), "2": np.linalg.norm(delta, axis=1), "1": np.abs(delta).sum(1), "0": (delta != 0).sum(1)}[norm]
+    size = _size(x_adv - x, norm)
     outside = int((size > eps * (1 + 1e-4) + 1e-6).sum() + ((x_adv < -1e-6) | (x_adv > 1 + 1e-6)).reshape(len(x), -1).any(1).sum())
     correct = target.predict(x_adv.astype(np.float32)) == y
     return int(correct.sum()), (f"{outside} outputs outside the ball or range" if outside else "")
@@ -147,8 +151,7 @@ def _kansa(attack: Any, target: "Target", x: np.ndarray, y: np.ndarray, eps: flo
 
 
 def _min_norm_robust(x: np.ndarray, y: np.ndarray, x_adv: np.ndarray, target: "Target", eps: float, norm: str) -> int:
-    delta = (x_adv - x).reshape(len(x), -1).astype(np.float64)
-    size = {"inf": np.abs(delta).max(1), "2": np.linalg.norm(delta, axis=1), "1": np.abs(delta).sum(1), "0": (delta != 0).sum(1)}[norm]
+    size = _size(x_adv - x, norm)
     clean = target.predict(x) == y
     flipped = target.predict(x_adv.astype(np.float32)) != y
     return int((clean & ~(flipped & (size <= eps * (1 + 1e-4) + 1e-6))).sum())
