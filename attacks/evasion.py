@@ -9,6 +9,11 @@ and separate prediction passes for logits the attack already computed (the clean
 the first gradient's forward when the attack starts at the clean input, and FGSM's one gradient
 serves every eps of a sweep). `backend = "art"` runs ART itself, the reference the tests compare
 against per sample.
+
+PGD by default also stops a sample at the first step that misclassifies it and keeps that example
+at every larger eps of the sweep (`early_stop`): a sample then counts as broken whenever ART's loop
+passes through an adversarial point, not only when its last step is one, and the passes spent on
+samples already broken are spared. `early_stop = false` gives ART's result per sample.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from attacks import register
 from attacks.base import EvasionAttack, Stronger, SweepBatch
-from audit.params import Choice, Number, Param
+from audit.params import Choice, Flag, Number, Param
 
 if TYPE_CHECKING:
     import torch
@@ -207,6 +212,11 @@ class FGSM(TorchOrArt):
     summary = "Fast gradient sign method (Goodfellow et al. 2015): one gradient step of size eps"
     params = (*EvasionAttack.params, BACKEND)
 
+    @property
+    def nests_sweep(self) -> bool:
+        """One gradient serves every eps, so nesting would spare nothing; each eps stays ART's result per sample."""
+        return False
+
     def art_attack(self, target: "Target", eps: float) -> Any:
         from art.attacks.evasion import FastGradientMethod
 
@@ -232,8 +242,15 @@ class PGD(TorchOrArt):
         Param("steps", Number(1, 10_000, integer=True), 40, "gradient steps per start", quick=3),
         Param("step_size", Number(0, 10, closed="neither"), None, "step as a fraction of eps (default 2.5 / steps)"),
         Param("random_starts", Number(0, 100, integer=True), 1, "random starts in the ball; 0 starts at the clean input"),
+        Param("early_stop", Flag(), True,
+              "stop a sample at the first step that misclassifies it and keep that example, at this eps and every larger one "
+              "(never weaker than ART's last step, and faster); false: ART's result per sample"),
         BACKEND,
     )
+
+    @property
+    def nests_sweep(self) -> bool:
+        return bool(self.values["early_stop"])
 
     def step(self, eps: float) -> float:
         return eps * (self.values["step_size"] or 2.5 / self.values["steps"])
@@ -262,6 +279,8 @@ class PGD(TorchOrArt):
         With several starts, a later start's result is kept where the differentiated model's prediction
         differs from its clean prediction (ART's rule: it compares with the clean prediction, not the label).
         """
+        if self.values["early_stop"]:
+            return nested_sweep(model, x, y, eps, lambda robust, e: self._stopping(model, x, y, robust, e, clip))
         starts = self.values["random_starts"]
         first = clean_pred = None
         if starts:
@@ -296,6 +315,38 @@ class PGD(TorchOrArt):
             return kept, _logits(model.decide, kept)
         assert kept_logits is not None  # computed above whenever the views are shared
         return kept, kept_logits
+
+    def _stopping(self, model: Views, x: "torch.Tensor", y: "torch.Tensor", robust: "torch.Tensor", eps: float,
+                  clip: tuple[float, float]) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """PGD on the samples marked `robust`, each left at the first point the deciding model misclassifies: (still robust, adversarial inputs).
+
+        A sample's steps do not depend on the others' (the mean loss's scale drops out of the sign and of
+        the L2 direction), so until it is broken it takes the steps it takes in ART's loop; later starts
+        run only on the samples no earlier start broke.
+        """
+
+        still, adversarial, step = robust.clone(), x.clone(), self.step(eps)
+        for _ in range(max(1, self.values["random_starts"])):
+            live = still.nonzero().squeeze(1)
+            if not len(live):
+                break
+            origin, labels = x[live], y[live]
+            adv = _random_start(origin, eps, self.norm, clip) if self.values["random_starts"] else origin
+            for i in range(self.values["steps"] + 1):
+                if i == self.values["steps"]:
+                    decided = _logits(model.decide, adv)
+                else:
+                    logits, grad = _logits_and_gradient(model.differentiate, adv, labels)
+                    decided = logits if model.shared else _logits(model.decide, adv)
+                broken = decided.argmax(1) != labels
+                adversarial[live] = adv
+                still[live[broken]] = False
+                if i == self.values["steps"] or broken.all():
+                    break
+                keep = ~broken
+                live, origin, labels, adv = live[keep], origin[keep], labels[keep], adv[keep]
+                adv = _step(adv, origin, _direction(grad[keep], self.norm), eps, step, self.norm, clip)
+        return still, adversarial
 
     def _start(self, module: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", eps: float, first: "torch.Tensor | None",
                clip: tuple[float, float]) -> "torch.Tensor":

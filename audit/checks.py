@@ -17,7 +17,7 @@ from attacks.base import ROBUST_AT, EvasionAttack
 from attacks.evasion import PGD
 from audit.data import stratified_subset
 from audit.metrics import Category
-from audit.params import Choice, Flag, Location, Number, Param, ParamSet, Text, optional_tables
+from audit.params import Choice, Flag, Location, Number, Param, ParamSet, Text, as_written, optional_tables
 from audit.results import rate_row
 
 if TYPE_CHECKING:
@@ -242,10 +242,19 @@ def probe_convergence(target: "Target", x: np.ndarray, y: np.ndarray, table: pd.
         survivors = subsample[per_sample[attack_id][f"{ROBUST_AT}{eps:g}"][subsample]]
         broken = int((target.predict(stronger.attack.perturb(target, x[survivors], y[survivors], eps)) != y[survivors]).sum()) if len(survivors) else 0
         share = broken / len(subsample)
-        rows.append(flag("not_converged", share > tolerance(len(subsample)),
+        flagged = share > tolerance(len(subsample))
+        rows.append(flag("not_converged", flagged,
                          f"{attack_id} at eps {eps:g} ({middle['value']:.3f} as configured): {stronger.how} breaks {broken} of the "
-                         f"{len(survivors)} samples it left robust ({share:.1%} of the samples probed){_of(subsample, len(y))}", attack_id, eps))
+                         f"{len(survivors)} samples it left robust ({share:.1%} of the samples probed){_of(subsample, len(y))}"
+                         + (f"; to measure with that effort, set {_settings(attack, stronger.attack)} in the attack {attack_id}" if flagged else ""),
+                         attack_id, eps))
     return rows
+
+
+def _settings(configured: "Attack", stronger: "Attack") -> str:
+    """The parameters in which the stronger attack differs from the configured one, as config lines would set them."""
+    changed = [(k, v) for k, v in stronger.values.items() if k != "eps" and configured.values.get(k) != v]
+    return ", ".join(f"{k} = {as_written(v)}" for k, v in changed)
 
 
 def masking_flags(table: pd.DataFrame, model: str, defense: str | None = None, status: str = "ok") -> pd.DataFrame:

@@ -20,7 +20,7 @@ from audit.errors import ConfigError
 REQUIRED: Any = object()
 
 
-def _show(value: Any) -> str:
+def as_written(value: Any) -> str:
     """A value as the user would write it, on one line and at most about 60 characters."""
     if isinstance(value, str):
         text = json.dumps(value, ensure_ascii=False)
@@ -51,7 +51,7 @@ class Constraint:
         raise NotImplementedError
 
     def fail(self, value: Any) -> Invalid:
-        return Invalid(f"expected {self.describe()}, got {_show(value)}")
+        return Invalid(f"expected {self.describe()}, got {as_written(value)}")
 
 
 @dataclass(frozen=True)
@@ -123,15 +123,15 @@ class Choice(Constraint):
     options: tuple[Any, ...]
 
     def describe(self) -> str:
-        return "one of " + ", ".join(_show(o) for o in self.options)
+        return "one of " + ", ".join(as_written(o) for o in self.options)
 
     def check(self, value: Any) -> Any:
         if isinstance(value, bool) or value not in self.options:
             hint = ""
             if isinstance(value, str):
                 close = difflib.get_close_matches(value, [str(o) for o in self.options], n=1)
-                hint = f" (did you mean {_show(close[0])}?)" if close else ""
-            raise Invalid(f"expected {self.describe()}, got {_show(value)}{hint}")
+                hint = f" (did you mean {as_written(close[0])}?)" if close else ""
+            raise Invalid(f"expected {self.describe()}, got {as_written(value)}{hint}")
         return value
 
 
@@ -183,7 +183,7 @@ class OneOrMany(Constraint):
             except Invalid:
                 raise self.fail(value) from None
             if len(set(checked)) != len(checked):
-                raise Invalid(f"expected distinct values, got {_show(value)}")
+                raise Invalid(f"expected distinct values, got {as_written(value)}")
             return checked
         try:
             return [self.item.check(value)]
@@ -240,7 +240,7 @@ class Param:
         return self.default is REQUIRED
 
     def describe_default(self) -> str:
-        return "required" if self.required else ("none" if self.default is None else _show(self.default))
+        return "required" if self.required else ("none" if self.default is None else as_written(self.default))
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -256,7 +256,7 @@ class Location:
     def child(self, key: str | int) -> "Location":
         if isinstance(key, int):
             return Location(self.source, f"{self.path}[{key}]")
-        shown = key if _BARE_KEY.fullmatch(key) else _show(key)
+        shown = key if _BARE_KEY.fullmatch(key) else as_written(key)
         return Location(self.source, f"{self.path}.{shown}" if self.path else shown)
 
     def error(self, message: str) -> ConfigError:
@@ -276,12 +276,12 @@ class ParamSet:
 
     def validate(self, table: Any, where: Location) -> dict[str, Any]:
         if not isinstance(table, Mapping):
-            raise where.error(f"expected a table, got {_show(table)}")
+            raise where.error(f"expected a table, got {as_written(table)}")
         known = self.names() + list(self.extra_keys)
         for key in table:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"; did you mean {_show(close[0])}?" if close else ""
+                hint = f"; did you mean {as_written(close[0])}?" if close else ""
                 allowed = ", ".join(known) if known else "none"
                 raise where.child(str(key)).error(f"unknown key{hint} (allowed here: {allowed})")
         out: dict[str, Any] = {}
@@ -310,7 +310,7 @@ def optional_tables(value: Any, where: Location) -> list[Any]:
         return [value]
     if not isinstance(value, list):
         name = where.path.rsplit(".", 1)[-1]
-        raise where.error(f"expected one or more [[{name}]] tables, got {_show(value)}")
+        raise where.error(f"expected one or more [[{name}]] tables, got {as_written(value)}")
     return value
 
 
@@ -337,7 +337,7 @@ def validate_tagged(
 ) -> dict[str, Any]:
     """Validate a table whose allowed keys depend on one key (`source`, `kind`, `name`)."""
     if not isinstance(table, Mapping):
-        raise where.error(f"expected a table, got {_show(table)}")
+        raise where.error(f"expected a table, got {as_written(table)}")
     chosen = table.get(tag, default_tag)
     if chosen is None:
         raise where.child(tag).error(f"missing; expected {Choice(tuple(variants)).describe()}")

@@ -6,6 +6,7 @@ Run from the project root (a quiet machine; torchattacks and Foolbox installed f
     .venv/bin/python bench/bench_attacks.py l2 [--samples 500]       # the MNIST CNN at L2 eps 1 and 2: the L2 ensemble vs DeepFool / CW / ART's APGD-L2
     .venv/bin/python bench/bench_attacks.py audit [--samples 1000]   # the 3-model MNIST audit (FGSM, PGD-40, Square 300, transfer; checks on)
     .venv/bin/python bench/bench_attacks.py ensemble [--samples 500] # every integrity attack through a whole audit, digits and MNIST
+    .venv/bin/python bench/bench_attacks.py layout                   # a pass of the built-in CNNs, NCHW weights vs the channels-last copy attacks run
 
 `strong`: one MNIST CNN and one set of test samples for every implementation, in one process. Per
 attack: wall time, robust accuracy with its 95% interval, and for Kansa the ratio to a compute floor:
@@ -332,7 +333,7 @@ def audit(samples: int) -> None:
           f"sanity checks {checks:.1f} s ({checks / wall:.0%} of the run)")
     _robust_table(table)
     flagged = table[(table["category"] == "sanity") & (table["value"] == 1.0)]
-    print("\nsanity flags: " + (", ".join(f"{r['model']}/{r['metric']}" for _, r in flagged.iterrows()) or "none"))
+    print("\nsanity flags: " + ("; ".join(f"{r['model']}/{r['metric']}: {r['message']}" for _, r in flagged.iterrows()) or "none"))
 
 
 L2_ATTACKS = """
@@ -426,14 +427,33 @@ def ensemble(samples: int) -> None:
         print(f"\n- sanity flags: {', '.join(flagged['metric']) or 'none'}")
 
 
+def layout(samples: int) -> None:
+    """A bare forward, and forward plus input-gradient backward, per sample: the module as trained vs `attack_layout`'s copy."""
+    import torch
+
+    from audit.models import attack_layout, build_builtin
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((4096, 1, 28, 28), dtype=np.float32)
+    print(f"\nMNIST-shaped inputs, torch {torch.__version__}, {torch.get_num_threads()} threads; microseconds per sample (median of 7)\n")
+    print("| model | batch | pass | NCHW weights | channels-last copy | ratio |\n| --- | --- | --- | --- | --- | --- |")
+    for label, channels in (("cnn", [16, 32]), ("cnn-wide", [32, 64])):
+        trained = build_builtin({"architecture": "cnn", "channels": channels}, (1, 28, 28), 10, True).eval()
+        costs = {name: pass_costs(module, x, samples) for name, module in (("nchw", trained), ("last", attack_layout(trained)))}
+        for size in (32, samples):
+            for grad in (False, True):
+                nchw, last = (1e6 * costs[k](size, grad) / size for k in ("nchw", "last"))
+                print(f"| {label} | {size} | {'forward+backward' if grad else 'forward'} | {nchw:.0f} | {last:.0f} | {nchw / last:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("strong", "l2", "audit", "ensemble"))
+    parser.add_argument("part", choices=("strong", "l2", "audit", "ensemble", "layout"))
     parser.add_argument("--samples", type=int)
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
-    default = {"strong": 300, "l2": 500, "audit": 1000, "ensemble": 500}[args.part]
-    {"strong": strong, "l2": l2, "audit": audit, "ensemble": ensemble}[args.part](args.samples or default)
+    default = {"strong": 300, "l2": 500, "audit": 1000, "ensemble": 500, "layout": 128}[args.part]
+    {"strong": strong, "l2": l2, "audit": audit, "ensemble": ensemble, "layout": layout}[args.part](args.samples or default)
 
 
 if __name__ == "__main__":

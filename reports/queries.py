@@ -10,6 +10,7 @@ import pandas as pd
 
 from attacks import attack_norms, registry, swept_eps
 from attacks.base import ENSEMBLE, NORM_NAMES, THREAT_EPS, WORST_CASE_OVER, WORST_CASE_SMALLER
+from audit.params import as_written
 from audit.results import variant_label
 from reports.comparison import NOT_A_BUDGET, robust_column
 
@@ -108,5 +109,9 @@ def attack_budgets(config: dict[str, Any]) -> dict[str, str]:
 
 
 def _shown(value: Any) -> str:
-    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) else (
-        f"{value:g}" if isinstance(value, float) else str(value))
+    """A parameter's value as the config spells it (TOML's true/false, floats without trailing zeros)."""
+    if isinstance(value, list):
+        return ", ".join(_shown(v) for v in value)
+    if isinstance(value, bool):
+        return as_written(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -87,7 +87,8 @@ def test_convergence_check_on_a_synthetic_attack():
         (row,) = probe_convergence(_Marked(), x, y, table, {"slow": attack}, per_sample, np.arange(200))
         assert row["value"] == expected, row["message"]
     assert row["message"] == ("slow at eps 0.5 (0.990 as configured): 4 steps and 2 random starts instead of 2 and 1 breaks 6 of the "
-                              "198 samples it left robust (3.0% of the samples probed)")
+                              "198 samples it left robust (3.0% of the samples probed); to measure with that effort, set steps = 4, random_starts = 2 "
+                              "in the attack slow")
 
 
 def test_the_probes_that_attack_again_run_on_a_stratified_subsample_of_the_attacked_samples():
@@ -204,7 +205,7 @@ def test_repeats_gate_on_the_worst_case_and_describe_mean_and_spread_for_randomi
     from reports.html import render_html
 
     budgets = re.findall(r"<tr><td>(\w+)</td><td>([^<]*)</td><td class=\"num\">0.05</td>", render_html(result))
-    assert ("pgd", "norm=inf, steps=10, random_starts=1, backend=torch, worst case over 3 seeds") in budgets  # the budget beside each number
+    assert ("pgd", "norm=inf, steps=10, random_starts=1, early_stop=true, backend=torch, worst case over 3 seeds") in budgets  # the budget beside each number
     assert any(attack == "fgsm" and "seeds" not in budget for attack, budget in budgets)
 
 

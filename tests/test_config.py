@@ -89,6 +89,20 @@ def test_defaults_are_filled_and_seed_override(small_config):
     assert config.attacks[1]["params"]["steps"] == 10
 
 
+@pytest.mark.parametrize("listed, opted_out, added", [
+    ('name = "deepfool"\neps = [1.0, 2.0]', False, ["apgd-l2", "fmn-l2"]),
+    ('name = "apgd"\nnorm = "2"\neps = [1.0, 2.0]', False, ["fmn-l2"]),  # an APGD-L2 the user listed is not run twice
+    ('name = "deepfool"\neps = [1.0, 2.0]', True, []),
+    ('name = "pgd"\neps = [0.1]', False, []),  # no L2 threat model, nothing added
+])
+def test_an_l2_threat_model_runs_apgd_l2_and_fmn_l2_at_its_eps_unless_listed_or_opted_out(tmp_path, listed, opted_out, added):
+    evaluation = "[evaluation]\nstrong_l2_attacks = false\n" if opted_out else ""
+    config = load_config(write(tmp_path / "audit.toml", f'[data]\nsource = "digits"\n[[models]]\nname = "cnn"\n{evaluation}[[attacks]]\n{listed}\n'))
+    extra = config.attacks[1:]
+    assert [a["id"] for a in extra] == added
+    assert all(a["params"]["norm"] == "2" and a["params"]["eps"] == [1.0, 2.0] for a in extra)
+
+
 def test_yaml_config_is_validated_the_same_way(tmp_path, capsys):
     good = write(tmp_path / "audit.yaml", "data: {source: iris}\nmodels: [{name: mlp}]\nattacks: [{name: fgsm, eps: 0.1}]\n")
     assert load_config(good).attacks[0]["params"]["eps"] == [0.1]
