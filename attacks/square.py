@@ -52,26 +52,32 @@ def square_attack(module: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor
 
     with torch.no_grad():
         logits = module(x) if clean_logits is None else clean_logits
-        best, best_margin = x.clone(), _margin(logits, y)
+        best = x.clone()
         alive = torch.nonzero(logits.argmax(1) == y).flatten()
-
-        def offer(alive: torch.Tensor, candidate: torch.Tensor, unconditionally: bool = False) -> torch.Tensor:
-            """One query of the alive samples' candidates; keeps the better ones and returns the samples still classified correctly."""
-            out = module(candidate)
-            fooled, candidate_margin = out.argmax(1) != y[alive], _margin(out, y[alive])
-            kept = fooled | (candidate_margin < best_margin[alive]) | unconditionally
-            best[alive[kept]], best_margin[alive[kept]] = candidate[kept], candidate_margin[kept]
-            return alive[~fooled]
-
-        if len(alive):
-            alive = offer(alive, _initial(x[alive], eps, norm, clip), unconditionally=True)
+        if not len(alive):
+            return best
+        # The samples not broken yet, compacted: their inputs, labels, best points and margins.
+        origin, labels = x[alive], y[alive]
+        current = _initial(origin, eps, norm, clip)
+        out = module(current)
+        margin, fooled = _margin(out, labels), out.argmax(1) != labels
         h, w = x.shape[2:]
         step = _linf_step if norm == "inf" else _l2_step
-        for iteration in range(queries):
-            if not len(alive):
+        for iteration in range(queries + 1):
+            if fooled.any():
+                best[alive[fooled]] = current[fooled]
+                keep = ~fooled
+                alive, origin, labels, current, margin = alive[keep], origin[keep], labels[keep], current[keep], margin[keep]
+            if not len(alive) or iteration == queries:
                 break
             side = _side(square_fraction(p_init, iteration, queries) * h * w, norm, min(h, w))
-            alive = offer(alive, step(x[alive], best[alive], eps, side, clip))
+            candidate = step(origin, current, eps, side, clip)
+            out = module(candidate)
+            candidate_margin, fooled = _margin(out, labels), out.argmax(1) != labels
+            better = fooled | (candidate_margin < margin)
+            current = torch.where(better.view(-1, 1, 1, 1), candidate, current)
+            margin = torch.where(better, candidate_margin, margin)
+        best[alive] = current
         return best
 
 
@@ -150,19 +156,21 @@ def _initial(x: "torch.Tensor", eps: float, norm: str, clip: tuple[float, float]
 
 
 def _linf_step(x: "torch.Tensor", best: "torch.Tensor", eps: float, side: int, clip: tuple[float, float]) -> "torch.Tensor":
-    """Set one random square per sample to x ± eps, one sign per channel; signs that change nothing are redrawn (as the reference)."""
+    """Set one random square per sample to x ± eps, one sign per channel; a draw of signs that changes nothing is redrawn,
+    up to SIGN_REDRAWS draws in all (as the reference), the redraws of all such samples at once."""
     import torch
 
-    n, c, h, w = x.shape
-    window = _mask(_windows(n, side, h, w), h, w)
-    candidate, pending = best.clone(), torch.arange(n)
-    for _ in range(SIGN_REDRAWS):
-        corner = (x[pending] + eps * _signs(len(pending), c, 1, 1)).clamp(*clip)
-        candidate[pending] = torch.where(window[pending], corner, best[pending])
-        pending = pending[(candidate[pending] == best[pending]).flatten(1).all(1)]
-        if not len(pending):
-            break
-    return candidate
+    n, c = x.shape[:2]
+    where = _windows(n, side, *x.shape[2:])[:, None].expand(n, c, -1)  # (n, c, side * side)
+    origin, now = x.flatten(2).gather(2, where), best.flatten(2).gather(2, where)
+    square = (origin + eps * _signs(n, c, 1)).clamp(*clip)
+    unchanged = (square == now).flatten(1).all(1).nonzero().squeeze(1)
+    if len(unchanged):
+        draws = (origin[unchanged, None] + eps * _signs(len(unchanged), SIGN_REDRAWS - 1, c, 1)).clamp(*clip)
+        changes = (draws != now[unchanged, None]).flatten(2).any(2)
+        first = torch.where(changes.any(1), changes.int().argmax(1), SIGN_REDRAWS - 2)
+        square[unchanged] = draws[torch.arange(len(unchanged)), first]
+    return best.flatten(2).scatter(2, where, square).view_as(best)
 
 
 def _l2_step(x: "torch.Tensor", best: "torch.Tensor", eps: float, side: int, clip: tuple[float, float]) -> "torch.Tensor":

@@ -2,7 +2,7 @@
 
 Run from the project root (a quiet machine; torchattacks and Foolbox installed for this script only: `make bench-deps`):
 
-    .venv/bin/python bench/bench_attacks.py strong [--samples 300]   # each strong attack: Kansa vs ART, torchattacks, Foolbox
+    .venv/bin/python bench/bench_attacks.py strong [--samples 300] [--only APGD-CE,AutoAttack]  # each strong attack: Kansa vs ART, torchattacks, Foolbox
     .venv/bin/python bench/bench_attacks.py l2 [--samples 500]       # the MNIST CNN at L2 eps 1 and 2: the L2 ensemble vs DeepFool / CW / ART's APGD-L2
     .venv/bin/python bench/bench_attacks.py audit [--samples 1000]   # the 3-model MNIST audit (FGSM, PGD-40, Square 300, transfer; checks on)
     .venv/bin/python bench/bench_attacks.py ensemble [--samples 500] # every integrity attack through a whole audit, digits and MNIST
@@ -158,7 +158,8 @@ def _min_norm_robust(x: np.ndarray, y: np.ndarray, x_adv: np.ndarray, target: "T
     return int((clean & ~(flipped & (size <= eps * (1 + 1e-4) + 1e-6))).sum())
 
 
-def strong(samples: int) -> None:
+def strong(samples: int, only: list[str] | None = None) -> None:
+    """Every strong attack, or those whose label starts with one of `only`."""
     import torch
 
     from attacks.apgd import AutoPGD, art_apgd
@@ -220,6 +221,8 @@ def strong(samples: int) -> None:
         }),
     ]
     for label, eps, norm, attack, others in cases:
+        if only and not any(label.startswith(prefix) for prefix in only):
+            continue
         print(f"\n#### {label}, eps {eps:g}\n\n| implementation | robust accuracy [95% CI] | wall s | x floor | |\n| --- | --- | --- | --- | --- |")
         kansa = _kansa(attack, target, x, y, eps, cost)
         print(kansa.line(), flush=True)
@@ -232,6 +235,8 @@ def strong(samples: int) -> None:
             print(f"| (Kansa {seconds / kansa.seconds:.1f}x faster than {name}) | | | | |")
     fmn_eps = {"2": 1.0, "inf": 0.1, "1": 10.0, "0": 20.0}
     for norm, eps in fmn_eps.items():
+        if only and not any(f"FMN L{norm}".startswith(prefix) for prefix in only):
+            continue
         print(f"\n#### FMN L{norm}, 100 steps, robust accuracy read at eps {eps:g}\n\n"
               "| implementation | robust accuracy [95% CI] | wall s | x floor | |\n| --- | --- | --- | --- | --- |")
         kansa = _kansa(FMN(norm=norm, eps=[eps], steps=100), target, x, y, eps, cost)
@@ -450,10 +455,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=("strong", "l2", "audit", "ensemble", "layout"))
     parser.add_argument("--samples", type=int)
+    parser.add_argument("--only", help="strong: comma-separated label prefixes, e.g. 'APGD-CE,AutoAttack'")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     default = {"strong": 300, "l2": 500, "audit": 1000, "ensemble": 500, "layout": 128}[args.part]
-    {"strong": strong, "l2": l2, "audit": audit, "ensemble": ensemble, "layout": layout}[args.part](args.samples or default)
+    if args.part == "strong":
+        strong(args.samples or default, args.only.split(",") if args.only else None)
+    else:
+        {"l2": l2, "audit": audit, "ensemble": ensemble, "layout": layout}[args.part](args.samples or default)
 
 
 if __name__ == "__main__":
