@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -210,8 +211,9 @@ def _bumps(n: int, side: int) -> "torch.Tensor":
     return torch.where(torch.randint(0, 2, (n, 1, 1)).bool(), bump.T, bump)
 
 
+@lru_cache(maxsize=64)
 def _bump(side: int) -> "torch.Tensor":
-    """Two pseudo-Gaussian halves of opposite sign, unit L2 norm (the reference's meta_pseudo_gaussian_pert)."""
+    """Two pseudo-Gaussian halves of opposite sign, unit L2 norm (the reference's meta_pseudo_gaussian_pert); cached per side, never written to."""
     import torch
 
     bump = torch.cat([_pseudo_gaussian(side // 2, side), -_pseudo_gaussian(side - side // 2, side)])
