@@ -153,6 +153,7 @@ class Transfer(EvasionAttack):
         return output
 
     def perturb(self, target: "Target", x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
-        # every step, not only until the surrogate is fooled: a point deep in the surrogate's wrong class transfers better
-        pgd = PGD(eps=eps, norm=self.values["norm"], steps=self.values["steps"], batch_size=self.values["batch_size"], early_stop=False)
+        # every step of one start, not only until the surrogate is fooled: a point deep in the surrogate's wrong class transfers better
+        pgd = PGD(eps=eps, norm=self.values["norm"], steps=self.values["steps"], random_starts=1, batch_size=self.values["batch_size"],
+                  early_stop=False)
         return pgd.perturb(self._surrogate, x, y, eps)

@@ -209,6 +209,9 @@ def train(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     module.to(device)
+    channels_last = _convolves_on_cpu(module)
+    if channels_last:  # faster, as for attacks (`attack_layout`); back to NCHW at the end, which defenses such as pruning expect
+        module.to(memory_format=torch.channels_last)
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     if cfg["optimizer"] == "adam":
         optimizer = torch.optim.Adam(module.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
@@ -236,6 +239,8 @@ def train(
                  lambda idx: loss_fn(module(xt[idx]), yt[idx]), stop_early, progress, label)
     if best["state"] is not None:
         module.load_state_dict(best["state"])
+    if channels_last:
+        module.to(memory_format=torch.contiguous_format)
     module.eval()
     return time.perf_counter() - start
 
@@ -595,9 +600,13 @@ def attack_layout(module: "torch.nn.Module") -> "torch.nn.Module":
     """
     import torch
 
-    if device_of(module).type != "cpu" or not any(isinstance(m, torch.nn.Conv2d) for m in module.modules()):
-        return module
-    return copy.deepcopy(module).to(memory_format=torch.channels_last)
+    return copy.deepcopy(module).to(memory_format=torch.channels_last) if _convolves_on_cpu(module) else module
+
+
+def _convolves_on_cpu(module: "torch.nn.Module") -> bool:
+    import torch
+
+    return device_of(module).type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
 
 
 @dataclass

@@ -205,7 +205,7 @@ def test_repeats_gate_on_the_worst_case_and_describe_mean_and_spread_for_randomi
     from reports.html import render_html
 
     budgets = re.findall(r"<tr><td>(\w+)</td><td>([^<]*)</td><td class=\"num\">0.05</td>", render_html(result))
-    assert ("pgd", "norm=inf, steps=10, random_starts=1, early_stop=true, backend=torch, worst case over 3 seeds") in budgets  # the budget beside each number
+    assert ("pgd", "norm=inf, steps=10, random_starts=3, early_stop=true, backend=torch, worst case over 3 seeds") in budgets  # the budget beside each number
     assert any(attack == "fgsm" and "seeds" not in budget for attack, budget in budgets)
 
 
