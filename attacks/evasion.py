@@ -276,7 +276,8 @@ class PGD(TorchOrArt):
 
     def torch_sweep(self, model: Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[float],
                     clip: tuple[float, float]) -> tuple["torch.Tensor", list["torch.Tensor"], list["torch.Tensor"]]:
-        """Without random starts the first step is at x for every eps: its forward gives the clean logits, its gradient every eps's first step.
+        """With `early_stop`, a nested sweep of `_stopping`. Otherwise ART's loop, per eps: without random starts the first step is
+        at x for every eps, so its forward gives the clean logits and its gradient every eps's first step.
 
         With several starts, a later start's result is kept where the differentiated model's prediction
         differs from its clean prediction (ART's rule: it compares with the clean prediction, not the label).
@@ -326,7 +327,6 @@ class PGD(TorchOrArt):
         the L2 direction), so until it is broken it takes the steps it takes in ART's loop; later starts
         run only on the samples no earlier start broke.
         """
-
         still, adversarial, step = robust.clone(), x.clone(), self.step(eps)
         for _ in range(max(1, self.values["random_starts"])):
             live = still.nonzero().squeeze(1)
