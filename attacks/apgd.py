@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from attacks import register
 from attacks.base import EvasionAttack, Stronger
 from attacks.evasion import TorchOrArt, Views, art_norm, more_steps_and_a_restart, nested_sweep
+from attacks.tensors import NORM_ORDER, per_sample, sample_norm
 from audit.params import Choice, Location, Number, Param
 
 if TYPE_CHECKING:
@@ -60,17 +61,9 @@ def dlr_loss(logits: "torch.Tensor", y: "torch.Tensor", target: "torch.Tensor | 
 LOSSES: dict[str, Loss] = {"ce": ce_loss, "dlr": dlr_loss}
 
 
-def _per_sample(size: "torch.Tensor", like: "torch.Tensor") -> "torch.Tensor":
-    return size.view(-1, *[1] * (like.dim() - 1))
-
-
 def _unit(v: "torch.Tensor", norm: str) -> "torch.Tensor":
     """v over its per-sample norm (the reference's `normalize`, 1e-12 keeping a zero vector zero)."""
-    import torch
-
-    flat = v.flatten(1)
-    size = flat.abs().amax(1) if norm == "inf" else torch.linalg.vector_norm(flat, 2, dim=1)
-    return v / _per_sample(size + 1e-12, v)
+    return v / per_sample(sample_norm(v, NORM_ORDER[norm]) + 1e-12, v)
 
 
 def _into_ball(point: "torch.Tensor", x: "torch.Tensor", eps: float, norm: str, clip: tuple[float, float]) -> "torch.Tensor":
@@ -81,7 +74,7 @@ def _into_ball(point: "torch.Tensor", x: "torch.Tensor", eps: float, norm: str, 
         return torch.minimum(torch.maximum(point, x - eps), x + eps).clamp(*clip)
     delta = point - x
     size = torch.linalg.vector_norm(delta.flatten(1), 2, dim=1)
-    return (x + _unit(delta, "2") * _per_sample(size.clamp(max=eps), delta)).clamp(*clip)
+    return (x + _unit(delta, "2") * per_sample(size.clamp(max=eps), delta)).clamp(*clip)
 
 
 @dataclass
@@ -135,7 +128,7 @@ def apgd_run(model: "Views", x: "torch.Tensor", y: "torch.Tensor", eps: float, n
     fooled = probe.fooled.clone()
     broken = torch.zeros(int(owner.max()) + 1 if n else 0, dtype=torch.bool)
     broken[owner[fooled]] = True
-    adversarial = torch.where(_per_sample(fooled, x), current, x)
+    adversarial = torch.where(per_sample(fooled, x), current, x)
     grad, loss_now = probe.grad, probe.loss
     best, best_grad, best_loss = current.clone(), grad.clone(), loss_now.clone()
     previous = current.clone()
@@ -152,7 +145,7 @@ def apgd_run(model: "Views", x: "torch.Tensor", y: "torch.Tensor", eps: float, n
         xs, now, before = x[rows], current[rows], previous[rows]
         weight = MOMENTUM if i > 0 else 1.0
         direction = grad[rows].sign() if norm == "inf" else _unit(grad[rows], "2")
-        moved = _into_ball(now + _per_sample(step[rows], now) * direction, xs, eps, norm, clip)
+        moved = _into_ball(now + per_sample(step[rows], now) * direction, xs, eps, norm, clip)
         moved = _into_ball(now + (moved - now) * weight + (now - before) * (1 - weight), xs, eps, norm, clip)
         previous[rows], current[rows] = now, moved  # previous is written first, from current
         probe = _probe(model, moved, y[rows], None if target is None else target[rows], loss)

@@ -15,6 +15,7 @@ from attacks.base import AttackContext, AttackOutput, EvasionAttack
 from attacks.evasion import TorchAttack, Views, nested_sweep
 from attacks.fmn import fmn
 from attacks.square import square_search
+from attacks.tensors import NORM_ORDER, per_sample, sample_norm
 from audit.params import Number, Param
 
 if TYPE_CHECKING:
@@ -68,12 +69,11 @@ class _MinimumNorm:
             found = fmn(self.model.differentiate, self.x[pending], self.y[pending], self.norm, self.steps, self.clip)
             with torch.no_grad():
                 flipped = self.model.decide(found).argmax(1) != self.y[pending]
-            delta = (found - self.x[pending]).flatten(1)
-            size = delta.abs().amax(1) if self.norm == "inf" else torch.linalg.vector_norm(delta, 2, dim=1)
+            size = sample_norm(found - self.x[pending], NORM_ORDER[self.norm])
             self.found[pending], self.size[pending] = found, torch.where(flipped, size, float("inf"))
             self.done[pending] = True
         broken = robust & (self.size <= eps)
-        return robust & ~broken, torch.where(broken.view(-1, *[1] * (self.x.dim() - 1)), self.found, self.x)
+        return robust & ~broken, torch.where(per_sample(broken, self.x), self.found, self.x)
 
 
 @register

@@ -26,6 +26,7 @@ import numpy as np
 
 from attacks import register
 from attacks.base import EvasionAttack, Stronger, SweepBatch
+from attacks.tensors import per_sample
 from audit.params import Choice, Flag, Number, Param
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ def nested_sweep(model: Views, x: "torch.Tensor", y: "torch.Tensor", eps: list[f
     results: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
     for e in sorted(set(eps)):
         still, found = attack(robust, e)
-        current = torch.where((robust & ~still).view(-1, *[1] * (x.dim() - 1)), found, current)
+        current = torch.where(per_sample(robust & ~still, x), found, current)
         logits = _logits(model.decide, current)
         robust = still & (logits.argmax(1) == y)
         results[e] = (current, logits)
@@ -312,7 +313,7 @@ class PGD(TorchOrArt):
             adv = self._start(model.differentiate, x, y, eps, first, clip)
             logits = _logits(model.differentiate, adv)
             changed = logits.argmax(1) != clean_pred
-            kept = torch.where(changed.view(-1, *[1] * (x.dim() - 1)), adv, kept)
+            kept = torch.where(per_sample(changed, x), adv, kept)
             kept_logits = torch.where(changed[:, None], logits, kept_logits)
         if not model.shared:
             return kept, _logits(model.decide, kept)

@@ -24,13 +24,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from attacks.tensors import NORM_ORDER, per_sample, sample_norm
+
 if TYPE_CHECKING:
     import torch
 
 NORMS = ("0", "1", "2", "inf")
 FINAL_GAMMA = 0.001
 FINAL_STEP_FRACTION = 0.01
-_ORDER = {"0": 0.0, "1": 1.0, "2": 2.0, "inf": math.inf}
 _DUAL = {"1": math.inf, "2": 2.0, "inf": 1.0}  # the distance to a linear boundary is |margin| / ||gradient||_dual
 
 
@@ -47,8 +48,8 @@ def fmn(module: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", norm: s
         raise ValueError(f"FMN minimises one of the norms {', '.join(NORMS)}, not {norm!r}")
     low, high = clip
     n = len(x)
-    order = _ORDER[norm]
-    worst = _size(torch.maximum(x - low, high - x), order)
+    order = NORM_ORDER[norm]
+    worst = sample_norm(torch.maximum(x - low, high - x), order)
     radius = (torch.ones if norm == "0" else torch.zeros)(n, dtype=x.dtype)
     best, best_size = x.clone(), torch.full((n,), math.inf, dtype=x.dtype)
     found = torch.zeros(n, dtype=torch.bool)
@@ -59,20 +60,20 @@ def fmn(module: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", norm: s
         rate = FINAL_GAMMA + (gamma - FINAL_GAMMA) * cosine
         margin, adversarial, grad = _margin_and_gradient(module, point, y)
         delta = point - x
-        size = _size(delta, order)
+        size = sample_norm(delta, order)
         smaller = adversarial & (size < best_size)
         best_size = torch.where(smaller, size, best_size)
-        best = torch.where(_per_sample(smaller, x), point, best)
+        best = torch.where(per_sample(smaller, x), point, best)
         found |= adversarial
         if norm == "0":
             radius = torch.where(adversarial, torch.minimum(torch.minimum(radius - 1, (radius * (1 - rate)).floor()), best_size),
                                  torch.maximum(radius + 1, (radius * (1 + rate)).floor())).clamp(min=0)
         else:
-            to_boundary = margin.abs() / _size(grad, _DUAL[norm]).clamp(min=1e-12)
+            to_boundary = margin.abs() / sample_norm(grad, _DUAL[norm]).clamp(min=1e-12)
             radius = torch.where(adversarial, torch.minimum(radius * (1 - rate), best_size),
                                  torch.maximum(radius * (1 + rate), torch.where(found, 0.0, size + to_boundary)))
         radius = torch.minimum(radius, worst)
-        moved = delta + alpha * grad / _per_sample(_size(grad, 2.0).clamp(min=1e-12), x)
+        moved = delta + alpha * grad / per_sample(sample_norm(grad, 2.0).clamp(min=1e-12), x)
         point = (x + _project(moved, radius, norm)).clamp(low, high)
     return best
 
@@ -95,17 +96,6 @@ def _margin_and_gradient(module: "torch.nn.Module", point: "torch.Tensor",
     return margin.detach(), logits.detach().argmax(dim=1) != y, grad.masked_fill_(grad.isnan(), 0.0)
 
 
-def _size(values: "torch.Tensor", order: float) -> "torch.Tensor":
-    """Per-sample norm of a batch; order 0 counts the nonzero entries."""
-    import torch
-
-    return torch.linalg.vector_norm(values.flatten(1), ord=order, dim=1)
-
-
-def _per_sample(values: "torch.Tensor", like: "torch.Tensor") -> "torch.Tensor":
-    return values.view(-1, *[1] * (like.dim() - 1))
-
-
 def _project(delta: "torch.Tensor", radius: "torch.Tensor", norm: str) -> "torch.Tensor":
     """The nearest point (in L2) of the ball of `radius` in `norm` around 0, per sample; for L0, the `radius` largest entries."""
     import torch
@@ -114,7 +104,7 @@ def _project(delta: "torch.Tensor", radius: "torch.Tensor", norm: str) -> "torch
     if norm == "inf":
         return torch.maximum(torch.minimum(flat, radius[:, None]), -radius[:, None]).view_as(delta)
     if norm == "2":
-        factor = (radius / _size(flat, 2.0).clamp(min=1e-12)).clamp(max=1.0)
+        factor = (radius / sample_norm(flat, 2.0).clamp(min=1e-12)).clamp(max=1.0)
         return (flat * factor[:, None]).view_as(delta)
     if norm == "1":
         return _project_l1(flat, radius).view_as(delta)
