@@ -126,20 +126,6 @@ def _windows(n: int, side: int, h: int, w: int) -> "torch.Tensor":
     return ((top + offsets[None, :, None]) * w + left + offsets[None, None, :]).flatten(1)
 
 
-def _placed(windows: "torch.Tensor", values: "torch.Tensor", h: int, w: int) -> "torch.Tensor":
-    """An (n, 1, h, w) canvas, zero except each sample's window, which holds that sample's `values` (n, side * side)."""
-    import torch
-
-    canvas = torch.zeros(len(windows), h * w, dtype=values.dtype)
-    return canvas.scatter_(1, windows, values).view(-1, 1, h, w)
-
-
-def _mask(windows: "torch.Tensor", h: int, w: int) -> "torch.Tensor":
-    import torch
-
-    return _placed(windows, torch.ones(windows.shape, dtype=torch.bool), h, w)
-
-
 def _initial(x: "torch.Tensor", eps: float, norm: str, clip: tuple[float, float]) -> "torch.Tensor":
     """The paper's starting points: vertical stripes of ±eps (L-inf), or a grid of bumps of random signs scaled to eps (L2)."""
     import torch
@@ -178,29 +164,28 @@ def _l2_step(x: "torch.Tensor", best: "torch.Tensor", eps: float, side: int, cli
     """The paper's L2 step: a fresh bump in one square, the mass of a second square moved into it, the whole delta back at norm eps.
 
     Per channel, the new square gets its old mass, the second square's and an equal share of the
-    budget left unused (the reference's update).
+    budget left unused (the reference's update). The two squares are handled as gathered windows,
+    so beside the model's pass a step costs a handful of whole-image operations.
     """
-    import torch
 
     n, c, h, w = x.shape
-    delta = best - x
-    windows = _windows(n, side, h, w)
-    first, second = _mask(windows, h, w), _mask(_windows(n, side, h, w), h, w)
-    unused = (eps**2 - _l2(delta) ** 2).clamp_min(0)
-    mass = (delta * (first | second)).square().sum((2, 3), keepdim=True)
-    old = delta * first
-    fresh = _placed(windows, _bumps(n, side).flatten(1), h, w) * _signs(n, c, 1, 1) + old / (_channel_l2(old) + TINY)
-    fresh = fresh / (_channel_l2(fresh) + TINY) * (unused / c + mass).sqrt()
-    delta = torch.where(first, fresh, delta.masked_fill(second, 0.0))
+    delta = (best - x).flatten(2)  # (n, c, h * w)
+    first, second = _windows(n, side, h, w), _windows(n, side, h, w)
+    at_first, at_second = first[:, None].expand(n, c, -1), second[:, None].expand(n, c, -1)
+    old, moved_out = delta.gather(2, at_first), delta.gather(2, at_second)
+    corner_row, corner_col = first[:, :1] // w, first[:, :1] % w
+    rows, cols = second // w, second % w
+    only_second = ~((rows >= corner_row) & (rows < corner_row + side) & (cols >= corner_col) & (cols < corner_col + side))
+    unused = (eps**2 - delta.square().sum((1, 2))).clamp_min(0)
+    mass = old.square().sum(2, keepdim=True) + (moved_out.square() * only_second[:, None]).sum(2, keepdim=True)
+    fresh = _bumps(n, side).flatten(1)[:, None] * _signs(n, c, 1) + old / (old.norm(dim=2, keepdim=True) + TINY)
+    fresh = fresh / (fresh.norm(dim=2, keepdim=True) + TINY) * (unused.view(n, 1, 1) / c + mass).sqrt()
+    delta = delta.scatter(2, at_second, 0.0).scatter_(2, at_first, fresh).view_as(x)
     return (x + eps * delta / (_l2(delta) + TINY)).clamp(*clip)
 
 
 def _l2(delta: "torch.Tensor") -> "torch.Tensor":
     return delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-
-
-def _channel_l2(delta: "torch.Tensor") -> "torch.Tensor":
-    return delta.square().sum((2, 3), keepdim=True).sqrt()
 
 
 def _bumps(n: int, side: int) -> "torch.Tensor":

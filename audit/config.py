@@ -151,6 +151,8 @@ def _parse(path: Path, label: str) -> tuple[dict[str, Any], str]:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{label}: invalid YAML: {' '.join(str(exc).split())}") from None
+        except RecursionError:
+            raise ConfigError(f"{label}: invalid YAML: nested too deeply to parse") from None
         if raw is None:
             raw = {}
     else:
@@ -160,6 +162,8 @@ def _parse(path: Path, label: str) -> tuple[dict[str, Any], str]:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{label}: invalid TOML: arrays or tables nested too deeply to parse") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{label}: expected a table of settings at the top level, got {type(raw).__name__}")
     return raw, text

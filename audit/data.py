@@ -255,6 +255,8 @@ def _read_npz(cfg: dict[str, Any], base_dir: Path) -> _Read:
         raise DataError(f"{path}: not a readable NPZ archive of numeric arrays ({exc})") from None
     if not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{path}: array {cfg['x_key']!r} is not numeric (dtype {x.dtype})")
+    if x.ndim < 1 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"{path}: arrays {cfg['x_key']!r} of shape {x.shape} and {cfg['y_key']!r} of shape {y.shape} must hold one label per sample")
     return x.astype(np.float64), y, None
 
 

@@ -70,7 +70,8 @@ class Recorder:
 
 
 def pass_costs(module: "torch.nn.Module", x: np.ndarray, largest: int) -> Callable[[int, bool], float]:
-    """Seconds of one bare forward (or forward and input-gradient backward) pass by batch size, interpolated between powers of two."""
+    """Seconds of one bare forward (or forward and input-gradient backward) pass by batch size, interpolated between powers of two
+    up to `largest`."""
     import torch
 
     sizes = sorted({1, *[2**k for k in range(1, 12) if 2**k < largest], largest})
@@ -89,7 +90,14 @@ def pass_costs(module: "torch.nn.Module", x: np.ndarray, largest: int) -> Callab
                         module(batch)
                 times.append(time.perf_counter() - start)
             cost[grad].append(float(np.median(times)))
-    return lambda size, grad: float(np.interp(size, sizes, cost[grad]))
+
+    def seconds(size: int, grad: bool) -> float:
+        """Beyond the largest size measured, its per-sample cost: the cheapest per sample, so the floor errs low."""
+        if size > sizes[-1]:
+            return cost[grad][-1] * size / sizes[-1]
+        return float(np.interp(size, sizes, cost[grad]))
+
+    return seconds
 
 
 @dataclass
@@ -131,10 +139,10 @@ def _timed(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, out
 
 
-def _kansa(attack: Any, target: "Target", x: np.ndarray, y: np.ndarray, eps: float,
-           cost: Callable[[int, bool], float]) -> Measured:
-    """Kansa's attack through its sweep (the path an audit takes), with its passes recorded for the floor."""
-    from attacks.base import ROBUST_AT, AttackContext
+def _kansa_run(attack: Any, target: "Target", x: np.ndarray, y: np.ndarray,
+               cost: Callable[[int, bool], float]) -> tuple[float, dict[str, np.ndarray], float, str]:
+    """Kansa's attack through its run (the path an audit takes): (seconds, per-sample arrays, floor seconds, passes made)."""
+    from attacks.base import AttackContext
     from audit.models import Target
     from audit.seeding import seed_everything
 
@@ -145,10 +153,17 @@ def _kansa(attack: Any, target: "Target", x: np.ndarray, y: np.ndarray, eps: flo
     start = time.perf_counter()
     output = attack.run(recorded, x, y, AttackContext(0, [str(c) for c in range(target.n_classes)]))
     seconds = time.perf_counter() - start
-    robust = output.per_sample[f"{ROBUST_AT}{eps:g}"]
     floor = sum(cost(size, grad) for size, grad in recorder.passes)
     samples = sum(size for size, _ in recorder.passes)
-    return Measured("Kansa (torch)", seconds, int(robust.sum()), len(y), floor, f"{len(recorder.passes)} passes, {samples:,} sample evaluations")
+    return seconds, output.per_sample, floor, f"{len(recorder.passes)} passes, {samples:,} sample evaluations"
+
+
+def _kansa(attack: Any, target: "Target", x: np.ndarray, y: np.ndarray, eps: float,
+           cost: Callable[[int, bool], float]) -> Measured:
+    from attacks.base import ROBUST_AT
+
+    seconds, per_sample, floor, note = _kansa_run(attack, target, x, y, cost)
+    return Measured("Kansa (torch)", seconds, int(per_sample[f"{ROBUST_AT}{eps:g}"].sum()), len(y), floor, note)
 
 
 def _min_norm_robust(x: np.ndarray, y: np.ndarray, x_adv: np.ndarray, target: "Target", eps: float, norm: str) -> int:
@@ -164,7 +179,7 @@ def strong(samples: int, only: list[str] | None = None) -> None:
 
     from attacks.apgd import AutoPGD, art_apgd
     from attacks.autoattack import AutoAttack
-    from attacks.blackbox import Square
+    from attacks.blackbox import HopSkipJump, Square
     from attacks.minimum_norm import FMN
 
     target, x, y = _mnist_target(samples)
@@ -248,6 +263,60 @@ def strong(samples: int, only: list[str] | None = None) -> None:
             seconds, x_adv = _timed(lambda: attack(fmodel, tx, ty, epsilons=None)[1].numpy())
             print(Measured("Foolbox", seconds, _min_norm_robust(x, y, x_adv, target, eps, norm), len(y)).line(), flush=True)
             print(f"| (Kansa {seconds / kansa.seconds:.1f}x faster than Foolbox) | | | | |")
+    for norm, eps in {"2": 2.0, "inf": 0.2}.items():
+        if only and not any(f"HopSkipJump L{norm}".startswith(prefix) for prefix in only):
+            continue
+        print(f"\n#### HopSkipJump L{norm}, 10 iterations, at most 1000 probes per estimate, robust accuracy read at eps {eps:g}\n\n"
+              "| implementation | robust accuracy [95% CI] | wall s | x floor | |\n| --- | --- | --- | --- | --- |")
+        hsj = HopSkipJump(norm=norm, eps=[eps], steps=10, max_queries=1000)
+        kansa = _kansa(hsj, target, x, y, eps, cost)
+        print(kansa.line(), flush=True)
+        seconds, x_adv = _timed(lambda: HopSkipJump(norm=norm, eps=[eps], steps=10, max_queries=1000, backend="art").minimize(target, x, y))
+        print(Measured("ART", seconds, _min_norm_robust(x, y, x_adv, target, eps, norm), len(y)).line(), flush=True)
+        print(f"| (Kansa {seconds / kansa.seconds:.1f}x faster than ART) | | | | |")
+        if foolbox is not None:
+            attack = foolbox.attacks.HopSkipJumpAttack(steps=10, initial_gradient_eval_steps=100, max_gradient_eval_steps=1000,
+                                                       constraint="l2" if norm == "2" else "linf")
+            fmodel = foolbox.PyTorchModel(module, bounds=(0, 1))
+            seconds, x_adv = _timed(lambda: attack(fmodel, tx, ty, epsilons=None)[1].numpy())
+            print(Measured("Foolbox", seconds, _min_norm_robust(x, y, x_adv, target, eps, norm), len(y)).line(), flush=True)
+            print(f"| (Kansa {seconds / kansa.seconds:.1f}x faster than Foolbox) | | | | |")
+    if not only or any("APGD-CE L-inf sweep".startswith(prefix) for prefix in only):
+        _apgd_sweep(target, x, y, cost, torchattacks)
+
+
+SWEEP = [0.05, 0.1, 0.2, 0.3]
+
+
+def _apgd_sweep(target: "Target", x: np.ndarray, y: np.ndarray, cost: Callable[[int, bool], float], torchattacks: Any) -> None:
+    """APGD-CE over an audit's eps sweep: Kansa's one nested run against ART and torchattacks run once per eps (as they must be)."""
+    import torch
+
+    from attacks.apgd import AutoPGD, art_apgd
+    from attacks.base import ROBUST_AT
+    from audit.stats import wilson_interval
+
+    def cells(robust: list[int]) -> str:
+        return " | ".join(f"{r / len(y):.3f} [{wilson_interval(r, len(y))[0]:.3f}, {wilson_interval(r, len(y))[1]:.3f}]" for r in robust)
+
+    print(f"\n#### APGD-CE L-inf sweep, 100 steps, eps {', '.join(f'{e:g}' for e in SWEEP)}\n\n"
+          f"| implementation | {' | '.join(f'eps {e:g}' for e in SWEEP)} | wall s | x floor | |\n| --- |{' --- |' * (len(SWEEP) + 3)}")
+    seconds, per_sample, floor, note = _kansa_run(AutoPGD(eps=SWEEP, steps=100), target, x, y, cost)
+    print(f"| Kansa (torch) | {cells([int(per_sample[f'{ROBUST_AT}{e:g}'].sum()) for e in SWEEP])} | {seconds:.1f} | {seconds / floor:.2f} | {note} |", flush=True)
+    others: dict[str, Callable[[float], np.ndarray]] = {"ART": lambda e: art_apgd(target, e, "inf", "ce", 100, 1, 128).generate(x, y=y)}
+    if torchattacks is not None:
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        others["torchattacks"] = lambda e: torchattacks.APGD(target.module, norm="Linf", eps=e, steps=100, loss="ce", seed=0)(tx, ty).detach().numpy()
+    for name, run in others.items():
+        total, robust, notes = 0.0, [], []
+        for e in SWEEP:
+            spent, x_adv = _timed(lambda: run(e))
+            total += spent
+            count, note = _robust(target, x, y, x_adv, e, "inf")
+            robust.append(count)
+            notes += [note] if note else []
+        print(f"| {name} | {cells(robust)} | {total:.1f} | | {'; '.join(notes)} |", flush=True)
+        print(f"| (Kansa {total / seconds:.1f}x faster than {name}) |{' |' * (len(SWEEP) + 3)}")
 
 
 def _art_autoattack(target: "Target", eps: float) -> Any:

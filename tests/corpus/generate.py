@@ -71,6 +71,7 @@ def data_files() -> None:
     (DATA / "truncated.npz").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     np.savez(DATA / "object_array.npz", x=np.array([{"a": 1}] * 60, dtype=object), y=good["label"].to_numpy())
     np.savez(DATA / "no_x.npz", inputs=good[["f1", "f2"]].to_numpy(), y=good["label"].to_numpy())
+    np.savez(DATA / "short_y.npz", x=good[["f1", "f2", "f3", "f4"]].to_numpy(), y=good["label"].to_numpy()[:50])
     images = np.random.default_rng(1).integers(0, 256, (60, 6, 6))
     labels = np.repeat(np.arange(3), 20)
     (DATA / "images.idx").write_bytes(idx(images))
