@@ -167,6 +167,7 @@ def _l2_step(x: "torch.Tensor", best: "torch.Tensor", eps: float, side: int, cli
     budget left unused (the reference's update). The two squares are handled as gathered windows,
     so beside the model's pass a step costs a handful of whole-image operations.
     """
+    import torch
 
     n, c, h, w = x.shape
     delta = (best - x).flatten(2)  # (n, c, h * w)
@@ -176,12 +177,13 @@ def _l2_step(x: "torch.Tensor", best: "torch.Tensor", eps: float, side: int, cli
     corner_row, corner_col = first[:, :1] // w, first[:, :1] % w
     rows, cols = second // w, second % w
     only_second = ~((rows >= corner_row) & (rows < corner_row + side) & (cols >= corner_col) & (cols < corner_col + side))
-    unused = (eps**2 - delta.square().sum((1, 2))).clamp_min(0)
+    total = delta.square().sum((1, 2))
     mass = old.square().sum(2, keepdim=True) + (moved_out.square() * only_second[:, None]).sum(2, keepdim=True)
     fresh = _bumps(n, side).flatten(1)[:, None] * _signs(n, c, 1) + old / (old.norm(dim=2, keepdim=True) + TINY)
-    fresh = fresh / (fresh.norm(dim=2, keepdim=True) + TINY) * (unused.view(n, 1, 1) / c + mass).sqrt()
+    fresh = fresh / (fresh.norm(dim=2, keepdim=True) + TINY) * ((eps**2 - total).clamp_min(0).view(n, 1, 1) / c + mass).sqrt()
+    size = (total - mass.sum((1, 2)) + fresh.square().sum((1, 2))).clamp_min(0).sqrt()  # the new delta's norm, from the two windows
     delta = delta.scatter(2, at_second, 0.0).scatter_(2, at_first, fresh).view_as(x)
-    return (x + eps * delta / (_l2(delta) + TINY)).clamp(*clip)
+    return torch.addcmul(x, delta, (eps / (size + TINY)).view(n, 1, 1, 1)).clamp_(*clip)
 
 
 def _l2(delta: "torch.Tensor") -> "torch.Tensor":
