@@ -21,12 +21,12 @@ import numpy as np
 from attacks import configured
 from attacks.base import AttackContext, AttackOutput, ensemble_rows, worst_over_repeats
 from audit.cache import content_key
-from audit.checks import apply_waivers, probe_convergence, probe_large_eps, probe_noise, probe_subsample, table_checks
+from audit.checks import CHECKS_UNFINISHED, apply_waivers, flag, probe_convergence, probe_large_eps, probe_noise, probe_subsample, table_checks
 from audit.config import Config
 from audit.errors import describe_exception
 from audit.files import write_npz_atomic
 from audit.metrics import Category
-from audit.results import CellRecord, count_row, error_row, make_table, not_applicable_row
+from audit.results import CellRecord, count_row, error_row, make_table, not_applicable_row, variant_label
 from audit.seeding import derive_seed, seed_everything
 from audit.session import AuditSession, members_refusal, session_for
 
@@ -137,6 +137,44 @@ def execute(task: Task) -> TaskOutcome:
     else:
         raise ValueError(f"unknown task kind {task.kind!r}")
     return TaskOutcome(result, session.cache.trained[trained:], session.cache.reused[reused:])
+
+
+BOUNDED = ("variant", "attack", "finish")  # what `[execution] cell_timeout` limits: every use of a model, not its training
+
+
+def prepare(task: Task) -> None:
+    """Build what the task starts from (data, trained weights, the variant), so that its time limit counts only its own work."""
+    session = session_for(task.config, task.cache_root, task.quiet)
+    if task.kind == "variant":
+        session.defended(task.model, task.defense)
+    elif task.kind in BOUNDED:
+        session.variant(task.model, task.defense)
+
+
+def ended(task: Task, reason: str, seconds: float) -> TaskOutcome:
+    """The outcome of a task whose process was ended before it finished (`reason`: it overran cell_timeout, or its process died).
+
+    A variant becomes an error row and is not attacked; an attack cell becomes an error row, so every
+    gate it could have fed is inconclusive; a variant's finishing cell becomes a `checks_unfinished`
+    flag, so that variant's integrity gates are too.
+    """
+    label = variant_label(task.model, task.defense)
+    if task.kind == "variant":
+        message = f"evaluating {label} {reason}; it was not attacked"
+        return TaskOutcome(BuiltVariant([error_row(message, model=task.model, defense=task.defense, category=Category.PERFORMANCE)],
+                                        None, False), [], [])
+    if task.kind == "attack":
+        message = f"{task.attack} on {label} {reason}"
+        record = CellRecord(task.model, task.defense, task.attack, status="error", seconds=seconds, message=message,
+                            seed=derive_seed(task.config.seed, "attack", task.model, task.defense, task.attack))
+        rows = [error_row(message, attack=task.attack, category=_attack(task.config, task.attack).category)]
+    elif task.kind == "finish":
+        message = f"the worst case and sanity checks of {label} {reason}; its robustness numbers are unchecked"
+        record = CellRecord(task.model, task.defense, "", status="error", seconds=seconds, message=message)
+        rows = [flag(CHECKS_UNFINISHED, True, message)]
+    else:
+        raise ValueError(f"a {task.kind} task is never ended: it is not bounded")
+    return TaskOutcome(CellResult(task.key, record, rows), [], [])
 
 
 def _attack(config: Config, attack_id: str) -> Any:

@@ -33,7 +33,9 @@ MASKING_FLAGS = (
     "attack_no_better_than_noise",
     "vanishing_gradients",
     "not_converged",
+    "checks_unfinished",
 )
+CHECKS_UNFINISHED = "checks_unfinished"  # the variant's finishing cell was ended (cell_timeout) or its process died
 RANDOMIZED = "randomized_outputs"
 FLAGS = (*MASKING_FLAGS, RANDOMIZED)
 

@@ -78,6 +78,10 @@ EXECUTION_PARAMS = (
     Param("executor", Choice(("local", "ray")), "local", "local: in this process; ray: Ray tasks (pip install 'kansa[ray]')"),
     Param("address", Text(), None, "Ray cluster address (default: $RAY_ADDRESS, else a local Ray started for the run)"),
     Param("cpus", Number(1, 100_000, integer=True), None, "CPUs of the local Ray started for the run (default: all)"),
+    Param("cell_timeout", Number(0, None, closed="neither"), None,
+          "seconds a task that uses a model (a variant's evaluation, an attack cell, a variant's checks) may run; one that takes longer "
+          "is ended and becomes an error row while the rest of the audit completes (such tasks then run in a child process that can "
+          "be ended; training is not limited; default: no limit)"),
     Param("resume", Flag(), True, "skip cells an earlier, interrupted run of this config already journaled in the run folder"),
     Param("device", Choice(("auto", "cpu", "cuda")), "auto", "where models train and attacks run: auto takes a CUDA GPU when torch sees one"),
     Param("threads", Number(1, 1024, integer=True), None,

@@ -131,19 +131,31 @@ def _evidence(metric: str, category: str) -> tuple[str, bool]:
 
 def _errored_cells(table: pd.DataFrame, gate: Gate) -> pd.DataFrame:
     """Failed cells that could have produced the gate's evidence (same selectors, same kind of metric; for a paired
-    change, the cells of the model as trained too)."""
+    change, the cells of the model as trained too), and failed variants (a defense, or a variant's evaluation) the gate
+    selects: none of their evidence exists."""
     errors = table[table["status"] == "error"]
+    whole_variant = (errors["model"].fillna("") != "") & (errors["attack"].fillna("") == "")
     paired = _evidence(gate.metric, "")[1]
     for column in ("model", "defense", "attack"):
         wanted = getattr(gate, column)
         if column == "attack" and wanted in ENSEMBLE.values():
-            errors = errors[errors["category"] == Category.INTEGRITY]  # the worst case over all attacks misses the failed one
+            keep = errors["category"] == Category.INTEGRITY  # the worst case over all attacks misses the failed one
         elif column == "defense" and paired and wanted != "*":
-            errors = errors[errors[column].isin([wanted, UNDEFENDED])]
+            keep = errors[column].isin([wanted, UNDEFENDED])
         elif wanted != "*":
-            errors = errors[errors[column] == wanted]
+            keep = errors[column] == wanted
+        else:
+            continue
+        errors = errors[keep | (whole_variant & (column == "attack"))]
+        whole_variant = whole_variant[errors.index]
     produced_by = {_evidence(gate.metric, c)[0] for c in table[(table["metric"] == gate.metric) & (table["status"] == "ok")]["category"]}
-    return errors[errors["category"].isin(produced_by)] if produced_by else errors
+    return errors[errors["category"].isin(produced_by) | whole_variant] if produced_by else errors
+
+
+def _failure(err: pd.Series) -> str:
+    if pd.notna(err["attack"]) and err["attack"] != "":
+        return f"attack {err['attack']} on {err['model']} errored: {err['message']}"
+    return f"{variant_label(err['model'], err['defense'])} has no results: {err['message']}"
 
 
 def _check_threshold(gate: Gate, row: pd.Series) -> tuple[str, str]:
@@ -200,7 +212,7 @@ def evaluate_gates(gates: list[dict[str, Any]], table: pd.DataFrame, baseline: p
         errors = _errored_cells(table, gate)
         for _, err in errors.iterrows():
             out.append({**common, "model": err["model"], "defense": err["defense"], "attack": err["attack"],
-                        "verdict": INCONCLUSIVE, "reason": f"attack {err['attack']} on {err['model']} errored: {err['message']}"})
+                        "verdict": INCONCLUSIVE, "reason": _failure(err)})
         rows = _select(table[table["status"] == "ok"], gate)
         if rows.empty and errors.empty:
             out.append({**common, "verdict": INCONCLUSIVE, "reason": f"no result row matches {gate.metric} ({_selector(gate)})"})

@@ -235,6 +235,8 @@ _builtin(
     *((check, _FLAG, _LOWER, "C-2", "all, or param eps", f"1 when the check `{check}` flagged, 0 when it ran and found nothing (docs/checks.md)")
       for check in ("iterative_weaker_than_single_step", "not_monotonic_in_eps", "large_eps_not_reaching_chance", "min_norm_not_reaching_full_success",
                     "black_box_stronger_than_white_box", "attack_no_better_than_noise", "vanishing_gradients", "not_converged")),
+    ("checks_unfinished", _FLAG, _LOWER, "C-2", "all",
+     "1 when the variant's worst case and sanity checks were ended before they finished (`cell_timeout`, or their process died): its robustness is unchecked"),
     ("randomized_outputs", _FLAG, _NEUTRAL, "C-2", "all", "1 when identical calls gave different outputs, so attacks used EoT; informational"),
     ("noise_robust_accuracy", _RATE, _HIGHER, "C-2", "param eps",
      "attack `noise-linf` / `noise-l2` / `noise-l1` / `noise-l0`: accuracy under random noise of the same size, the baseline of `attack_no_better_than_noise`"),

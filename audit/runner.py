@@ -114,7 +114,9 @@ class _Journal:
             write_text_atomic(out_dir / JOURNAL / JOURNAL_OWNER, json.dumps({"config_sha256": config_digest}))
 
     def load(self, key: str) -> CellResult | None:
-        return load_cell(self.out_dir, key) if self.out_dir is not None and self.resume else None
+        """The journaled cell, unless it failed: a resumed run tries a failed or ended cell again (a transient fault, a raised cell_timeout)."""
+        cell = load_cell(self.out_dir, key) if self.out_dir is not None and self.resume else None
+        return cell if cell is not None and cell.record.status != "error" else None
 
     def save(self, cell: CellResult) -> None:
         if self.out_dir is not None:
@@ -343,7 +345,8 @@ def run_audit(
     baseline_table, baseline_label = resolve_baseline(baseline, store, git[1], config.title) if baseline else (None, None)
     progress = Progress(quiet)
     cache_root = default_cache_path(config.cache["path"], config.base_dir) if config.cache["enabled"] else None
-    if cache_root is None and execution["executor"] == "ray":  # workers share trained weights through files even when the cache is off
+    if cache_root is None and (execution["executor"] == "ray" or execution["cell_timeout"]):
+        # the processes that run cells share trained weights through files even when the cache is off
         cache_root = out / ".weights" if out is not None else Path(tempfile.mkdtemp(prefix="kansa-weights-"))
     if execution["threads"]:
         import torch

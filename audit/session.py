@@ -347,6 +347,7 @@ class AuditSession:
             self.splits.test, self.dataset.y, limit, derive_seed(config.seed, "evaluation"))
         self._models: dict[str, PreparedModel] = {}
         self._variants: dict[tuple[str, str], Variant] = {}
+        self._defended: dict[tuple[str, str], tuple[Defended | None, bool, list[dict[str, Any]]]] = {}
         self._trainers: dict[str, Callable[[np.ndarray, np.ndarray, int], Target]] = {}
 
     @property
@@ -374,29 +375,38 @@ class AuditSession:
             self._variants[(model, defense)] = self._build_variant(model, defense)
         return self._variants[(model, defense)]
 
-    def _build_variant(self, model: str, defense_id: str) -> Variant:
+    def defended(self, model: str, defense_id: str) -> tuple[Defended | None, bool, list[dict[str, Any]]]:
+        """The variant's module, trained or loaded (the slow part, not under `cell_timeout`): (defended, randomized, error rows)."""
+        if (model, defense_id) not in self._defended:
+            self._defended[(model, defense_id)] = self._defend(model, defense_id)
+        return self._defended[(model, defense_id)]
+
+    def _defend(self, model: str, defense_id: str) -> tuple[Defended | None, bool, list[dict[str, Any]]]:
         prepared, config = self.model(model), self.config
-        randomized = False
         if defense_id == UNDEFENDED:
-            defended = Defended(module=prepared.module, output_kind=prepared.output_kind,
-                                training_seconds=prepared.training_seconds, cached=prepared.cached)
-        else:
-            defense_cfg = next(d for d in config.defenses if d["id"] == defense_id)
-            defense = registry()[defense_cfg["name"]](**defense_cfg["params"])
-            randomized = defense.randomized
-            context = DefenseContext(
-                model_name=model, base=prepared.module, output_kind=prepared.output_kind, recipe=prepared.recipe,
-                dataset=self.dataset, splits=self.splits,
-                seed=derive_seed(config.seed, "defense", model, defense_id), cache=self.cache,
-                base_parts=prepared.base_parts, build=prepared.build, progress=self.progress.bars, device=self.device,
-            )
-            self.progress.say(f"defending {model} with {defense_id} ({defense.stage})")
-            try:
-                defended = defense.apply(context)
-            except Exception as exc:  # one failing defense must not lose the rest of the audit
-                message = describe_exception(exc, limit=500)
-                self.progress.say(f"defense {defense_id} of {model} failed: {message}")
-                return Variant(model, defense_id, None, [error_row(message, model=model, defense=defense_id, category=Category.DEFENSE)])
+            return Defended(module=prepared.module, output_kind=prepared.output_kind,
+                            training_seconds=prepared.training_seconds, cached=prepared.cached), False, []
+        defense_cfg = next(d for d in config.defenses if d["id"] == defense_id)
+        defense = registry()[defense_cfg["name"]](**defense_cfg["params"])
+        context = DefenseContext(
+            model_name=model, base=prepared.module, output_kind=prepared.output_kind, recipe=prepared.recipe,
+            dataset=self.dataset, splits=self.splits,
+            seed=derive_seed(config.seed, "defense", model, defense_id), cache=self.cache,
+            base_parts=prepared.base_parts, build=prepared.build, progress=self.progress.bars, device=self.device,
+        )
+        self.progress.say(f"defending {model} with {defense_id} ({defense.stage})")
+        try:
+            return defense.apply(context), defense.randomized, []
+        except Exception as exc:  # one failing defense must not lose the rest of the audit
+            message = describe_exception(exc, limit=500)
+            self.progress.say(f"defense {defense_id} of {model} failed: {message}")
+            return None, defense.randomized, [error_row(message, model=model, defense=defense_id, category=Category.DEFENSE)]
+
+    def _build_variant(self, model: str, defense_id: str) -> Variant:
+        config = self.config
+        defended, randomized, failed = self.defended(model, defense_id)
+        if defended is None:
+            return Variant(model, defense_id, None, failed)
         labels = (model,) if defense_id == UNDEFENDED else (model, defense_id)
         target = make_target(defended.module, self.dataset, defended.output_kind, model, defense_id, defended.gradient, self.device)
         seed_everything(derive_seed(config.seed, "performance", *labels))

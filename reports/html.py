@@ -109,7 +109,7 @@ def _b3(run: Run) -> dict[str, Any]:
 
 
 def _c1(run: Run) -> dict[str, Any]:
-    table = run.table[run.table["category"] == Category.PERFORMANCE]
+    table = run.table[(run.table["category"] == Category.PERFORMANCE) & (run.table["status"] == "ok")]  # errors: in diagnostics
     classes = run.meta.data.classes
     models = []
     for (model, defense), rows in table.groupby(["model", "defense"], sort=False):

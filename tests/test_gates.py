@@ -61,6 +61,20 @@ def test_errored_attack_makes_its_gates_inconclusive_but_not_unrelated_ones():
     assert verdicts(clean, table(90, error=True))[0] == ["pass"]
 
 
+def test_a_variant_that_failed_makes_every_gate_selecting_it_inconclusive():
+    """A failed defense (or a variant whose evaluation was ended) has no rows: its gates must not simply skip it."""
+    failed = make_table([*table(90).to_dict("records"),
+                         error_row("ValueError: no gradients", model="m", defense="adv", category="defense"),
+                         error_row("evaluating n did not finish within cell_timeout = 4 s", model="n", defense="none", category="performance")])
+    for spec in (FLOOR, {"metric": "accuracy", "subset": "split=test", "op": ">=", "threshold": 0.9}):
+        out = evaluate_gates(gates(spec), failed)
+        by_variant = {(r.model, r.defense): (r.verdict, r.reason) for r in out.itertuples()}
+        assert by_variant[("m", "none")][0] == "pass"
+        assert by_variant[("m", "adv")] == ("inconclusive", "m / adv has no results: ValueError: no gradients")
+        assert by_variant[("n", "none")][0] == "inconclusive" and "cell_timeout" in by_variant[("n", "none")][1]
+    assert verdicts({**FLOOR, "model": "m", "defense": "none"}, failed)[0] == ["pass"]  # other variants' failures are not its own
+
+
 def test_missing_metric_and_small_n_are_inconclusive():
     verdict, reason = verdicts({**FLOOR, "at": 0.3}, table())
     assert verdict == ["inconclusive"] and "no result row matches robust_accuracy" in reason[0]

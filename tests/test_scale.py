@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from tests.conftest import write
 
@@ -149,3 +150,116 @@ def test_a_changed_attack_reruns_only_its_own_cells(tmp_path: Path):
     reran = [cell.attack for cell in changed.metadata.cells if not cell.resumed]
     assert reran == ["pgd-7"]
     assert len(list((tmp_path / "run" / "cells").glob("*.npz"))) == 8  # 7 attack cells + 1 finish; the old pgd-7 cells dropped
+
+
+class Hangs(torch.nn.Module):
+    """A digits classifier whose forward never returns on some inputs: a hung target for cell_timeout.
+
+    `on = "gradients"` hangs whenever input gradients are asked for (so evaluating the variant
+    hangs: its gradient probe); `on = "off_grid"` hangs on inputs off the digits' 1/16 grid, which
+    PGD's steps and the noise probe send and FGSM at eps 4/16 does not; `on = "never"` is the
+    same model, well behaved.
+    """
+
+    def __init__(self, on: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        self.on = on
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        off_grid = bool(((x * 16 - torch.round(x * 16)).abs() > 1e-4).any())
+        if (self.on == "gradients" and x.requires_grad) or (self.on == "off_grid" and off_grid):
+            n = 0
+            while n >= 0:  # TorchScript has no sleep: 2**63 steps stand in for one
+                n += 1
+        return self.body(x)
+
+
+HUNG = """
+seed = 3
+[data]
+source = "digits"
+[[models]]
+name = "steady"
+kind = "torchscript"
+path = "never.ts"
+[[models]]
+name = "attacked_hangs"
+kind = "torchscript"
+path = "off_grid.ts"
+[[models]]
+name = "gradients_hang"
+kind = "torchscript"
+path = "gradients.ts"
+[evaluation]
+samples = 60
+[execution]
+cell_timeout = 4
+[[attacks]]
+name = "fgsm"
+eps = [0.25]
+[[attacks]]
+name = "pgd"
+eps = [0.25]
+steps = 3
+[[gates]]
+id = "fgsm"
+metric = "robust_accuracy"
+attack = "fgsm"
+at = 0.25
+threshold = 0.0
+[[gates]]
+id = "worst_case"
+metric = "robust_accuracy"
+at = 0.25
+threshold = 0.0
+"""
+
+
+def test_a_model_that_hangs_past_cell_timeout_is_an_error_row_and_the_rest_completes(tmp_path: Path):
+    from audit import run_audit
+
+    for on in ("never", "off_grid", "gradients"):
+        torch.jit.script(Hangs(on)).save(str(tmp_path / f"{on}.ts"))
+    started = time.monotonic()
+    result = run_audit(write(tmp_path / "audit.toml", HUNG), tmp_path / "run", history=False)
+    assert time.monotonic() - started < 150
+    table = result.table
+    errors = table[table.status == "error"]
+    assert sorted(zip(errors.model, errors.attack.fillna(""))) == [("attacked_hangs", "pgd"), ("gradients_hang", "")]
+    assert all("did not finish within cell_timeout = 4 s" in message for message in errors.message)
+    fgsm = table[(table.attack == "fgsm") & (table.metric == "robust_accuracy") & (table.subset == "all")]
+    assert sorted(fgsm.model) == ["attacked_hangs", "steady"] and set(fgsm.status) == {"ok"}
+    # the sanity checks send noise: ended, and flagged, so that no integrity gate of that variant passes unchecked
+    (unfinished,) = table[table.metric == "checks_unfinished"].itertuples()
+    assert unfinished.model == "attacked_hangs" and unfinished.value == 1.0 and "unchecked" in unfinished.message
+    verdicts = {(r.gate, r.model): r.verdict for r in result.gates.itertuples()}
+    assert verdicts == {(gate, model): "pass" if model == "steady" else "inconclusive"
+                        for gate in ("fgsm", "worst_case") for model in ("steady", "attacked_hangs", "gradients_hang")}
+    assert [(cell.model, cell.attack) for cell in result.metadata.cells if cell.status != "ok"] == [("attacked_hangs", "pgd")]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["metadata"]["cells"]
+
+
+def test_a_resumed_run_tries_its_failed_cells_again_and_reuses_the_rest(tmp_path: Path):
+    from audit.cells import CellRecord, CellResult
+    from audit.results import error_row
+    from audit.runner import _Journal
+
+    first = _Journal(tmp_path, resume=True, config_digest="c")
+    first.save(CellResult("done", CellRecord("m", "none", "fgsm"), [{"metric": "robust_accuracy", "value": 0.5}]))
+    first.save(CellResult("ended", CellRecord("m", "none", "pgd", status="error", message="ended"), [error_row("ended")]))
+    again = _Journal(tmp_path, resume=True, config_digest="c")
+    assert again.load("done") is not None and again.load("done").rows[0]["value"] == 0.5
+    assert again.load("ended") is None  # a transient fault or a raised cell_timeout gets another chance
+
+
+def test_cells_in_a_child_process_give_the_in_process_numbers(tmp_path: Path):
+    from audit import run_audit
+
+    text = SLOW_CELLS.replace("samples = 240", "samples = 60").replace("steps = 20", "steps = 3").replace("epochs = 5", "epochs = 1")
+    in_process = run_audit(write(tmp_path / "a" / "audit.toml", text), tmp_path / "a" / "run", history=False)
+    bounded = run_audit(write(tmp_path / "b" / "audit.toml", text + "\n[execution]\ncell_timeout = 600\n"), tmp_path / "b" / "run",
+                        history=False)
+    assert len(in_process.metadata.cells) == 7
+    pd.testing.assert_frame_equal(measured(in_process), measured(bounded))
