@@ -136,6 +136,8 @@ class Attack(Component, ABC):
         """Why this attack cannot run on `target`, completing "<attack> ..."; None when it can."""
         if self.access is Access.GRADIENTS and not target.differentiable:
             return f"needs the model's gradients, and {target.name} gives none (see its model rows)"
+        if self.access in (Access.GRADIENTS, Access.SCORES) and target.labels_only:
+            return f"needs the model's scores, and {target.name} answers with labels only (see its model rows)"
         return None
 
     @classmethod

@@ -23,6 +23,7 @@ from attacks.base import AttackContext, AttackOutput, ensemble_rows, worst_over_
 from audit.cache import content_key
 from audit.checks import CHECKS_UNFINISHED, apply_waivers, flag, probe_convergence, probe_large_eps, probe_noise, probe_subsample, table_checks
 from audit.config import Config
+from audit.endpoints import query_scope
 from audit.errors import describe_exception
 from audit.files import write_npz_atomic
 from audit.metrics import Category
@@ -49,6 +50,7 @@ class Task:
     key: str = ""
     quiet: bool = True
     inputs: list["CellResult"] = field(default_factory=list)
+    query_store: Path | None = None  # the run's endpoint query cache and budget count (audit.endpoints)
 
 
 @dataclass
@@ -122,7 +124,7 @@ def load_cell(out_dir: Path, key: str) -> CellResult | None:
 
 def execute(task: Task) -> TaskOutcome:
     """Run one task in this process (the local executor calls it directly, the Ray executor remotely)."""
-    session = session_for(task.config, task.cache_root, task.quiet)
+    session = session_for(task.config, task.cache_root, task.quiet, task.query_store)
     trained, reused = len(session.cache.trained), len(session.cache.reused)
     if task.kind == "model":
         session.model(task.model)
@@ -144,7 +146,7 @@ BOUNDED = ("variant", "attack", "finish")  # what `[execution] cell_timeout` lim
 
 def prepare(task: Task) -> None:
     """Build what the task starts from (data, trained weights, the variant), so that its time limit counts only its own work."""
-    session = session_for(task.config, task.cache_root, task.quiet)
+    session = session_for(task.config, task.cache_root, task.quiet, task.query_store)
     if task.kind == "variant":
         session.defended(task.model, task.defense)
     elif task.kind in BOUNDED:
@@ -202,7 +204,8 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
         return CellResult(task.key, record, [not_applicable_row(record.message, **where)])
     runs = []
     try:
-        with session.progress.cell(f"{task.attack} on {'/'.join(variant.labels)}", len(session.eval_idx) * repeats) as advance:
+        with query_scope() as queried, session.progress.cell(f"{task.attack} on {'/'.join(variant.labels)}",
+                                                             len(session.eval_idx) * repeats) as advance:
             for repeat in range(repeats):
                 seed = cell_seed if repeat == 0 else derive_seed(cell_seed, f"repeat{repeat}")
                 seed_everything(seed)
@@ -218,6 +221,9 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
     record.seconds, record.artifact = seconds, f"artifacts/{artifact}.npz"
     # a row's own category wins: an attack's timing rows are cost, whatever the attack's kind
     rows = [{**where, **row} for row in metric_rows] + [count_row("attack_seconds", seconds, category=Category.COST, attack=task.attack)]
+    rows += [count_row("queries", count.asked, category=Category.COST, attack=task.attack, message=(
+        f"{task.attack} asked the endpoint of {endpoint} {count.asked} inputs: {count.sent} sent in {count.requests} requests "
+        f"({count.retries} retries), {count.cached} answered from the query cache")) for endpoint, count in queried.items()]
     arrays = {**output.artifacts, **{f"sample/{k}": v for k, v in output.per_sample.items()}}
     return CellResult(task.key, record, rows, arrays)
 

@@ -205,6 +205,8 @@ _builtin(
     ("unsafe_pickle_loaded", _FLAG, _LOWER, "S", "all", "1 when a model was loaded with `allow_unsafe_pickle = true` (a warning)"),
     ("conversion_max_abs_diff", _Kind("difference", ".2g", False), _LOWER, "C-2", "all",
      "largest difference between a converted model's outputs (ONNX to torch, for gradients) and the original runtime's, on the audited samples"),
+    ("labels_only", _FLAG, _NEUTRAL, "C-2", "all",
+     "`kind = \"http\"`: 1 when the endpoint answers with labels only (decision-based attacks), 0 when with scores"),
     ("gradient_free", _FLAG, _NEUTRAL, "C-2", "all",
      "1 when the model gives no gradients (it runs in an external runtime): attacks that need them are not applicable"),
 )
@@ -247,6 +249,8 @@ _builtin(
      ("wall time (varies between identical runs); a variant whose weights came from the cache reports the time of its first training, "
       "and says so in `message`")),
     ("attack_seconds", _SECONDS, _LOWER, None, "all", "wall time of one attack cell"),
+    ("queries", _COUNT, _LOWER, None, "all",
+     "`kind = \"http\"`: inputs one attack cell asked the endpoint; `message` says how many were sent and how many the query cache answered"),
     ("checks_seconds", _SECONDS, _LOWER, None, "all", "wall time of a variant's sanity checks (the probes that attack again, on their subsample)"),
     ("inference_ms_per_sample", _Kind("milliseconds", ".3g", False), _LOWER, None, "split=test", "prediction time per sample over the test split"),
     ("compression_seconds", _SECONDS, _LOWER, None, "all", "time to quantize a model"),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from audit.endpoints import HTTP_PARAMS, Endpoint, EndpointError, validate_http_config
 from audit.errors import ModelError, describe_exception
 from audit.metrics import Category
 from audit.onnx_import import load_onnx
@@ -106,6 +107,7 @@ KIND_PARAMS: dict[str, tuple[Param, ...]] = {
         Param("path", Text(), doc="LightGBM classifier saved as text (Booster.save_model; pip install 'kansa[trees]'); gradient-free attacks only"),
         _OUTPUT,
     ),
+    "http": HTTP_PARAMS,
 }
 _POSITIVE = Number(0, closed="neither")
 _NORMALIZE = ParamSet((
@@ -135,6 +137,8 @@ def validate_model_config(table: Any, where: Location) -> dict[str, Any]:
             f"{_UNSAFE_KINDS[values['kind']]}; set allow_unsafe_pickle = true only for a file you trust, "
             'or use kind = "safetensors", "state_dict" or "torchscript"'
         )
+    if values["kind"] == "http":
+        validate_http_config(values, where)
     if "factory" in values and ":" not in values["factory"]:
         raise where.child("factory").error(f'expected "package.module:function", got "{values["factory"]}"')
     if values["normalize"] is not None:
@@ -300,6 +304,24 @@ def load_model(cfg: dict[str, Any], base_dir: Path, audited: np.ndarray) -> Load
             f"on the {len(audited)} audited samples (tolerance {onnx.tolerance:.2g})")))
         return LoadedModel(onnx.module, rows)
     return _gradient_free(onnx.scores, hashlib.sha256(path.read_bytes()).digest(), f"{onnx.reason}: the model runs through onnxruntime", rows)
+
+
+def load_endpoint(cfg: dict[str, Any], n_classes: int, query_store: Path | None, where: Location, probe: np.ndarray) -> LoadedModel:
+    """A model behind an HTTP endpoint: queried as an attacker would, its outputs only (`audit.endpoints`); `probe` checks it is deterministic."""
+    endpoint = Endpoint(cfg, n_classes, query_store, where)
+    seen = "labels only" if endpoint.labels_only else "scores"
+    try:
+        deterministic = endpoint.check_determinism(probe)
+    except EndpointError as exc:
+        raise ModelError(f"model {cfg['name']!r}: {exc}") from None
+    cache = ("the query cache answers repeated inputs" if deterministic else
+             "identical inputs got different answers, so every query is sent (no cache would be honest)")
+    rows = [count_row("labels_only", int(endpoint.labels_only), category=Category.MODEL, message=(
+        f"the endpoint answers with {seen}: the attacker sees {seen}" + (", so attacks that need scores do not apply" if endpoint.labels_only else "")
+        + f"; {cache}"))]
+    module = _gradient_free(endpoint.scores, endpoint.identity, f"it answers through the endpoint {cfg['url']}", rows).module
+    module.labels_only = endpoint.labels_only
+    return LoadedModel(module, rows)
 
 
 def _gradient_free(scores: Callable[[np.ndarray], np.ndarray], identity: bytes, runs: str, rows: list[dict[str, Any]],
@@ -624,6 +646,7 @@ class Target:
     digest: str
     gradient_module: "torch.nn.Module | None" = None
     native: Any = None
+    labels_only: bool = False  # it reveals its decisions only (an endpoint that returns labels): no score-based attack applies
     _classifier: Any = None
 
     @property
@@ -733,6 +756,7 @@ def make_target(module: "torch.nn.Module", dataset: "Dataset", output_kind: str,
         digest=module_digest(module),
         gradient_module=None if gradient is None else logits_view(attack_layout(placed(gradient[0], device)).eval(), gradient[1] == "probabilities"),
         native=getattr(module, "native", None),
+        labels_only=any(getattr(part, "labels_only", False) for part in module.modules()),
     )
 
 
@@ -754,5 +778,5 @@ def expectation(target: Target, samples: int) -> Target:
     return Target(
         name=target.name, defense=target.defense, module=Expectation(target.module).eval(), input_shape=target.input_shape,
         n_classes=target.n_classes, clip_values=target.clip_values, output_kind=target.output_kind, digest=target.digest,
-        gradient_module=None if target.gradient_module is None else Expectation(target.gradient_module).eval(),
+        gradient_module=None if target.gradient_module is None else Expectation(target.gradient_module).eval(), labels_only=target.labels_only,
     )

@@ -29,6 +29,7 @@ from audit.cells import JOURNAL, JOURNAL_OWNER, PLAN, BuiltVariant, CellResult, 
 from audit.config import Config, check_against_data, load_config
 from audit.data import quality_rows
 from audit.deltas import change_rows
+from audit.endpoints import QUERY_STORE, forget_spent
 from audit.errors import KansaError
 from audit.executors import Executor, make_executor
 from audit.files import write_text_atomic
@@ -174,13 +175,14 @@ class Executed:
 class _Stages:
     """Runs the plan's stages through one executor, journaling each finished cell and reusing journaled ones."""
 
-    def __init__(self, plan: Plan, executor: Executor, journal: _Journal, cache_root: Path | None, quiet: bool) -> None:
-        self.plan, self.executor, self.journal, self.cache_root = plan, executor, journal, cache_root
+    def __init__(self, plan: Plan, executor: Executor, journal: _Journal, cache_root: Path | None, quiet: bool,
+                 query_store: Path | None = None) -> None:
+        self.plan, self.executor, self.journal, self.cache_root, self.query_store = plan, executor, journal, cache_root, query_store
         self.quiet = quiet
         self.training = Training()
 
     def task(self, kind: str, model: str, **fields: Any) -> Task:
-        return Task(kind, self.plan.config, self.cache_root, model, quiet=self.quiet, **fields)
+        return Task(kind, self.plan.config, self.cache_root, model, quiet=self.quiet, query_store=self.query_store, **fields)
 
     def run(self, tasks: list[Task], journaled: bool = False, finished: Callable[[], None] | None = None) -> list[Any]:
         """The tasks' results in task order; with `journaled`, each cell is saved the moment it finishes, and `finished` told."""
@@ -352,7 +354,12 @@ def run_audit(
         import torch
 
         torch.set_num_threads(execution["threads"])
-    session = AuditSession(config, cache_root, progress)
+    query_store = None
+    if any(m["kind"] == "http" for m in config.models):
+        query_store = (out if out is not None else Path(tempfile.mkdtemp(prefix="kansa-queries-"))) / QUERY_STORE
+        if not execution["resume"]:
+            forget_spent(query_store)  # a fresh audit has its whole budget; the cached answers stay valid
+    session = AuditSession(config, cache_root, progress, query_store)
     adopt_session(session)  # local tasks run on this very session
     dataset, splits = session.dataset, session.splits
     check_against_data(config, dataset, splits)
@@ -364,7 +371,7 @@ def run_audit(
     journal = _Journal(out, execution["resume"], config.digest())
     runner = make_executor(execution, quiet)
     try:
-        executed = execute_plan(_Stages(plan, runner, journal, cache_root, quiet), progress)
+        executed = execute_plan(_Stages(plan, runner, journal, cache_root, quiet, query_store), progress)
     finally:
         runner.close()
     assembled = assemble(plan, session, executed)

@@ -30,6 +30,7 @@ from audit.models import (
     build_builtin,
     detect_output,
     expectation,
+    load_endpoint,
     load_model,
     make_target,
     model_size,
@@ -40,7 +41,7 @@ from audit.models import (
     train,
 )
 from audit.params import Location, ParamSet
-from audit.results import TEST_CORRECT, UNDEFENDED, count_row, error_row, rate_row
+from audit.results import TEST_CORRECT, UNDEFENDED, count_row, error_row, rate_row, variant_label
 from audit.seeding import derive_seed, seed_everything
 from defenses import registry
 from defenses.base import Defended, DefenseContext
@@ -220,7 +221,7 @@ def _builder(recipe: dict[str, Any], dataset: Dataset) -> "Callable[[], torch.nn
 
 
 def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config: Config, progress: Progress,
-                   cache: WeightCache, device: str, audited: np.ndarray) -> PreparedModel:
+                   cache: WeightCache, device: str, audited: np.ndarray, query_store: Path | None = None) -> PreparedModel:
     import torch
 
     name = cfg["name"]
@@ -248,7 +249,9 @@ def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config
             progress.say(f"{name}: trained weights from the cache")
         output_kind = "logits"
     else:
-        model_file = load_model(cfg, config.base_dir, audited)
+        where = config.location.child("models").child(next(i for i, m in enumerate(config.models) if m["name"] == name))
+        model_file = (load_endpoint(cfg, dataset.n_classes, query_store, where, audited[:8]) if cfg["kind"] == "http"
+                      else load_model(cfg, config.base_dir, audited))
         module, rows = model_file.module, model_file.rows
         if cfg["normalize"] is not None:
             module = normalized(module, cfg["normalize"], dataset.input_shape, name)
@@ -337,8 +340,8 @@ class Variant:
 class AuditSession:
     """Everything cells share, built on first use: data, splits, attacked samples, models, variants, trainers."""
 
-    def __init__(self, config: Config, cache_root: Path | None, progress: Progress) -> None:
-        self.config, self.progress = config, progress
+    def __init__(self, config: Config, cache_root: Path | None, progress: Progress, query_store: Path | None = None) -> None:
+        self.config, self.progress, self.query_store = config, progress, query_store
         self.cache = WeightCache(cache_root)
         self.device = resolve_device(config.execution["device"], config.location.child("execution").child("device"))
         self.dataset, self.splits = load_audit_data(config)
@@ -362,7 +365,7 @@ class AuditSession:
         if name not in self._models:
             cfg = next(m for m in self.config.models if m["name"] == name)
             self._models[name] = _prepare_model(cfg, self.dataset, self.splits, self.config, self.progress, self.cache, self.device,
-                                                self.x_eval)
+                                                self.x_eval, self.query_store)
         return self._models[name]
 
     def trainer(self, name: str) -> Callable[[np.ndarray, np.ndarray, int], Target]:
@@ -407,19 +410,24 @@ class AuditSession:
         defended, randomized, failed = self.defended(model, defense_id)
         if defended is None:
             return Variant(model, defense_id, None, failed)
-        labels = (model,) if defense_id == UNDEFENDED else (model, defense_id)
-        target = make_target(defended.module, self.dataset, defended.output_kind, model, defense_id, defended.gradient, self.device)
-        seed_everything(derive_seed(config.seed, "performance", *labels))
-        rows, arrays = _variant_rows(target, defended, self.dataset, self.splits)
-        seed_everything(derive_seed(config.seed, "checks", *labels))
-        if randomized or probe_randomness(target, self.x_eval):
-            samples = config.checks["eot_samples"]
-            target = expectation(target, samples)
-            note = flag(RANDOMIZED, True, f"identical calls gave different outputs; every attack used the expectation over {samples} passes")
-        else:
-            note = flag(RANDOMIZED, False, "identical calls gave identical outputs")
-        gradients = [probe_gradients(target, self.x_eval, self.y_eval)] if target.differentiable else []  # nothing to mask without them
-        probes = [note, *gradients] if config.checks["enabled"] else []
+        try:
+            labels = (model,) if defense_id == UNDEFENDED else (model, defense_id)
+            target = make_target(defended.module, self.dataset, defended.output_kind, model, defense_id, defended.gradient, self.device)
+            seed_everything(derive_seed(config.seed, "performance", *labels))
+            rows, arrays = _variant_rows(target, defended, self.dataset, self.splits)
+            seed_everything(derive_seed(config.seed, "checks", *labels))
+            if randomized or probe_randomness(target, self.x_eval):
+                samples = config.checks["eot_samples"]
+                target = expectation(target, samples)
+                note = flag(RANDOMIZED, True, f"identical calls gave different outputs; every attack used the expectation over {samples} passes")
+            else:
+                note = flag(RANDOMIZED, False, "identical calls gave identical outputs")
+            gradients = [probe_gradients(target, self.x_eval, self.y_eval)] if target.differentiable else []  # nothing to mask without them
+            probes = [note, *gradients] if config.checks["enabled"] else []
+        except Exception as exc:  # a model that fails on the evaluation data (an endpoint that stopped answering): one error row
+            message = f"evaluating {variant_label(model, defense_id)} failed: {describe_exception(exc, limit=500)}"
+            self.progress.say(message)
+            return Variant(model, defense_id, None, [error_row(message, model=model, defense=defense_id, category=Category.PERFORMANCE)])
         return Variant(model, defense_id, target, rows, probes, defended.cached, arrays)
 
 
@@ -433,7 +441,7 @@ def adopt_session(session: AuditSession | None) -> None:
         _SESSIONS[(session.config.digest(), str(session.cache.root))] = session
 
 
-def session_for(config: Config, cache_root: Path | None, quiet: bool = True) -> AuditSession:
+def session_for(config: Config, cache_root: Path | None, quiet: bool = True, query_store: Path | None = None) -> AuditSession:
     """This process's session for `config` (a Ray worker keeps it between the cells it runs)."""
     key = (config.digest(), str(cache_root))
     if config.execution["threads"]:
@@ -442,5 +450,5 @@ def session_for(config: Config, cache_root: Path | None, quiet: bool = True) -> 
         torch.set_num_threads(config.execution["threads"])
     if key not in _SESSIONS:
         _SESSIONS.clear()  # one audit at a time per process; drop the previous one's models
-        _SESSIONS[key] = AuditSession(config, cache_root, Progress(quiet))
+        _SESSIONS[key] = AuditSession(config, cache_root, Progress(quiet), query_store)
     return _SESSIONS[key]
