@@ -18,6 +18,6 @@ from reports import write_outputs
 def run_audit(config: str | Path | Config, out_dir: str | Path | None = None, **options: Any) -> AuditResult:
     """Run the audit of `config`, writing every output into `out_dir` when given.
 
-    `options` are those of `audit.runner.run_audit`: seed, quiet, baseline, history, force, lang, executor, resume.
+    `options` are those of `audit.runner.run_audit`: seed, quiet, baseline, history, force, lang, executor, resume, mlflow.
     """
     return _run_audit(config, out_dir, write_outputs=write_outputs, **options)

@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--lang", choices=("en", "ja"), default="en", help="language of the report")
     run.add_argument("--executor", choices=("local", "ray"), help="where cells run (default: the config's [execution] executor)")
     run.add_argument("--fresh", action="store_true", help="re-run every cell, ignoring those an interrupted run journaled")
+    run.add_argument("--mlflow", metavar="URI", help="log the audit as an MLflow run at this tracking URI (pip install 'kansa[mlflow]')")
 
     report = commands.add_parser("report", help="re-render the report of a finished run, without re-running anything")
     report.add_argument("run_dir", help="folder holding results.json")
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run_audit(
         args.config, out_dir=out, seed=args.seed, quiet=args.quiet, baseline=args.baseline,
         history=False if args.no_history else None, force=args.force, lang=args.lang,
-        executor=args.executor, resume=False if args.fresh else None,
+        executor=args.executor, resume=False if args.fresh else None, mlflow=args.mlflow,
     )
     errors = result.errors
     cells = len(result.metadata.cells)

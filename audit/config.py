@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from attacks import configured, swept_eps
 from attacks import registry as attack_registry
@@ -23,7 +24,7 @@ from audit.gates import GATE_PARAMS, PRESETS, validate_gates_config
 from audit.metrics import CHARACTERISTICS
 from audit.models import COMMON_PARAMS as MODEL_COMMON
 from audit.models import KIND_PARAMS, validate_model_config
-from audit.params import Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, describe_params, optional_tables, validate_tagged
+from audit.params import AnyTable, Choice, Flag, ListOf, Location, Number, Param, ParamSet, Text, describe_params, optional_tables, validate_tagged
 from audit.results import UNDEFENDED
 from defenses import registry as defense_registry
 
@@ -87,8 +88,20 @@ EXECUTION_PARAMS = (
     Param("threads", Number(1, 1024, integer=True), None,
           "torch threads per process (default: torch's choice; 1 avoids a many-fold slowdown on cores other jobs also use)"),
 )
+MLFLOW_PARAMS = (
+    Param("uri", Text(), doc="tracking URI: http(s)://server:5000, databricks, sqlite:///mlflow.db, or a file store (file:///path; "
+                             "MLflow 3 wants MLFLOW_ALLOW_FILE_STORE=true for it); credentials in MLFLOW_TRACKING_TOKEN or _USERNAME/_PASSWORD, never here"),
+    Param("experiment", Text(), "kansa", "the MLflow experiment the runs go to (created when missing)"),
+    Param("run_name", Text(), None, "the MLflow run's name (default: the config's title)"),
+    Param("timeout", Number(0, None, closed="neither"), 30, "seconds one request to the tracking server may take"),
+    Param("retries", Number(0, 20, integer=True), 2, "retries of a failed request to the tracking server"),
+)
+TRACKING_PARAMS = (
+    Param("mlflow", AnyTable(), None, '{ uri = "...", experiment = "..." }: log each audit as an MLflow run (pip install "kansa[mlflow]"); '
+                                      "see docs/tracking.md"),
+)
 TABLES = ("data", "models", "evaluation", "attacks", "defenses", "gates", "history", "cache", "execution", "checks", "waivers", "component",
-          "attestations")
+          "attestations", "tracking")
 
 
 @dataclass
@@ -111,6 +124,7 @@ class Config:
     attestations: list[dict[str, Any]]
     text: str
     label: str = ""
+    tracking: dict[str, Any] = field(default_factory=lambda: {"mlflow": None})
 
     @property
     def base_dir(self) -> Path:
@@ -277,6 +291,9 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
         ParamSet(ATTESTATION_PARAMS).validate(t, where.child("attestations").child(i))
         for i, t in enumerate(optional_tables(raw.get("attestations"), where.child("attestations")))
     ]
+    tracking = ParamSet(TRACKING_PARAMS).validate(raw.get("tracking", {}), where.child("tracking"))
+    if tracking["mlflow"] is not None:
+        tracking["mlflow"] = validate_mlflow(tracking["mlflow"], where.child("tracking").child("mlflow"))
     return Config(
         path=path.resolve(),
         title=top["title"],
@@ -296,7 +313,17 @@ def load_config(path: str | Path, seed: int | None = None) -> Config:
         attestations=attestations,
         text=text,
         label=label,
+        tracking=tracking,
     )
+
+
+def validate_mlflow(table: Any, where: Location) -> dict[str, Any]:
+    """The `[tracking] mlflow` table (or `--mlflow URI`); a URI with credentials in it is refused, as it would be written into the outputs."""
+    values = ParamSet(MLFLOW_PARAMS).validate(table, where)
+    if "@" in urlsplit(values["uri"]).netloc:
+        raise where.child("uri").error("holds credentials, which would be recorded with the config; "
+                                       "set MLFLOW_TRACKING_TOKEN (or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD) instead")
+    return values
 
 
 def check_against_data(config: Config, dataset: "Dataset", splits: "Splits") -> None:
@@ -345,7 +372,9 @@ def schema_markdown() -> str:
             *table(GATE_PARAMS), "### `[history]`", "", *table(HISTORY_PARAMS), "### `[cache]`", "", *table(CACHE_PARAMS),
             "### `[execution]`", "", "Where cells run; see docs/scale.md.", "", *table(EXECUTION_PARAMS),
             "### `[checks]`", "", "Evaluation sanity checks; see docs/checks.md.", "", *table(CHECKS_PARAMS),
-            "### `[[waivers]]`", "", *table(WAIVER_PARAMS)]
+            "### `[[waivers]]`", "", *table(WAIVER_PARAMS),
+            "### `[tracking]`", "", "Where each audit is logged; see docs/tracking.md.", "", *table(TRACKING_PARAMS),
+            "#### `[tracking] mlflow`", "", *table(MLFLOW_PARAMS)]
     out += ["### `[[attacks]]`", "",
             "Every attack takes `name` (required) and `id` (its label in results; default: the name).", ""]
     for name, cls in attack_registry().items():

@@ -249,6 +249,7 @@ _builtin(
      ("wall time (varies between identical runs); a variant whose weights came from the cache reports the time of its first training, "
       "and says so in `message`")),
     ("attack_seconds", _SECONDS, _LOWER, None, "all", "wall time of one attack cell"),
+    ("tracking_failed", _FLAG, _LOWER, None, "all", "1 when the audit could not be logged to MLflow (`[tracking] mlflow`); `message` says why"),
     ("queries", _COUNT, _LOWER, None, "all",
      "`kind = \"http\"`: inputs one attack cell asked the endpoint; `message` says how many were sent and how many the query cache answered"),
     ("checks_seconds", _SECONDS, _LOWER, None, "all", "wall time of a variant's sanity checks (the probes that attack again, on their subsample)"),

@@ -26,7 +26,7 @@ import numpy as np
 from attacks import configured
 from audit.cache import array_digest, default_cache_path
 from audit.cells import JOURNAL, JOURNAL_OWNER, PLAN, BuiltVariant, CellResult, Task, cell_key, load_cell, save_cell, slug, waived
-from audit.config import Config, check_against_data, load_config
+from audit.config import Config, check_against_data, load_config, validate_mlflow
 from audit.data import quality_rows
 from audit.deltas import change_rows
 from audit.endpoints import QUERY_STORE, forget_spent
@@ -323,7 +323,8 @@ def run_audit(
     lang: str = "en",
     executor: str | None = None,
     resume: bool | None = None,
-    write_outputs: Callable[[AuditResult, Path, str], object] | None = None,
+    write_outputs: Callable[[AuditResult, Path, str, dict[str, Any]], object] | None = None,
+    mlflow: str | None = None,
 ) -> AuditResult:
     """Run the whole audit and evaluate its gates: plan, execute, assemble, finalise.
 
@@ -331,13 +332,17 @@ def run_audit(
     writer, which `audit.run_audit` passes), every output. `baseline` (a results.json, a run
     folder, a run id or "last-pass") feeds regression gates; `history` (default: the config's
     [history] enabled) records the run in the history database. `executor` ("local" or "ray")
-    and `resume` override the config's [execution] table.
+    and `resume` override the config's [execution] table; `mlflow` (a tracking URI) its
+    [tracking] mlflow table, which `write_outputs` logs the run to.
     """
     started = time.perf_counter()
     if not isinstance(config, Config):
         config = load_config(config, seed=seed)
     elif seed is not None:
         config.seed = seed
+    if mlflow is not None:
+        declared = {key: value for key, value in (config.tracking["mlflow"] or {}).items() if value is not None}
+        config.tracking["mlflow"] = validate_mlflow({**declared, "uri": mlflow}, Location("--mlflow"))
     execution = {**config.execution, **({"executor": executor} if executor else {}), **({"resume": resume} if resume is not None else {})}
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -385,7 +390,7 @@ def run_audit(
     if out is not None:
         result.out_dir = out
         if write_outputs is not None:
-            write_outputs(result, out, lang)
+            write_outputs(result, out, lang, config.tracking)
     if config.history["enabled"] if history is None else history:
         store.record(result, overall_verdict(result.gates), git)
     return result

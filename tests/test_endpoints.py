@@ -283,3 +283,19 @@ def test_the_serve_and_audit_example_is_a_valid_config_and_script(tmp_path, monk
     config = load_config(write(tmp_path / "endpoint-audit.toml", blocks["toml"]))
     (model,) = config.models
     assert model["kind"] == "http" and model["secret_headers"] == {"Authorization": "Bearer ${DIGITS_TOKEN}"}
+
+
+def test_an_audit_that_would_overrun_its_query_budget_stops_at_it(digits_model, tmp_path):
+    """The server's own count stays within max_queries; the cells that would have overrun it are error rows saying so."""
+    from audit import run_audit
+
+    model, _ = digits_model
+    with InferenceServer(model, (1, 8, 8)) as server:
+        text = AUDIT + f'kind = "http"\nurl = "{server.url}/v2/models/digits/infer"\nmax_queries = 2500\n' + (
+            '[[gates]]\nmetric = "robust_accuracy"\nattack = "square"\nat = 0.1\nthreshold = 0.0\n')
+        result = run_audit(write(tmp_path / "audit.toml", text), tmp_path / "run", history=False)
+    assert server.inputs <= 2500
+    failed = result.table[result.table.status == "error"]
+    assert set(failed.attack) == {"square", "hopskipjump"}  # the clean evaluation fit in the budget, the attacks did not
+    assert all("max_queries = 2500) is spent" in message for message in failed.message)
+    assert list(result.gates.verdict) == ["inconclusive"]
