@@ -213,20 +213,19 @@ class Endpoint:
         return np.eye(self.n_classes, dtype=np.float32)[out[:, 0].astype(np.int64)]
 
     def check_determinism(self, x: np.ndarray) -> bool:
-        """Ask `x` twice, past the cache; answers that differ (a randomised model behind the endpoint) turn the cache off.
+        """Ask `x` twice, past the cache, at every start: True when the answers agree.
 
-        A cache would otherwise hide the randomness from the audit's randomness probe, and with it the
-        expectation over passes that attacks on a randomised model need. True when the answers agree.
+        Answers that differ (a randomised model behind the endpoint) turn the cache off, which would
+        otherwise hide the randomness from the audit's randomness probe, and with it the expectation
+        over passes that attacks on a randomised model need. Answers that agree become part of the
+        endpoint's identity: a model redeployed at the same URL answers differently, so neither its
+        cached answers nor the journaled cells of the model before it are taken for its own.
         """
-        known = self._store.answers([f"deterministic/{self.identity.hex()}"])  # checked once per run folder: a resumed run pays nothing
-        if known:
-            self.caches_answers = known.popitem()[1] == b"1"
-            return self.caches_answers
         x = np.ascontiguousarray(x, dtype=np.float32)
         first, second = self._query(x, []), self._query(x, [])
         self.caches_answers = bool(np.array_equal(first, second))
-        self._store.keep([(f"deterministic/{self.identity.hex()}", b"1" if self.caches_answers else b"0")])
         if self.caches_answers:
+            self.identity = hashlib.sha256(self.identity + first.tobytes()).digest()
             self._store.keep([(key, answer.tobytes()) for key, answer in zip(self._keys(x), first)])
         return self.caches_answers
 
