@@ -134,22 +134,21 @@ def _errored_cells(table: pd.DataFrame, gate: Gate) -> pd.DataFrame:
     change, the cells of the model as trained too), and failed variants (a defense, or a variant's evaluation) the gate
     selects: none of their evidence exists."""
     errors = table[table["status"] == "error"]
-    whole_variant = (errors["model"].fillna("") != "") & (errors["attack"].fillna("") == "")
+    whole_variant = (errors["model"].fillna("") != "") & (errors["attack"].fillna("") == "")  # no attack to select by
     paired = _evidence(gate.metric, "")[1]
-    for column in ("model", "defense", "attack"):
-        wanted = getattr(gate, column)
-        if column == "attack" and wanted in ENSEMBLE.values():
-            keep = errors["category"] == Category.INTEGRITY  # the worst case over all attacks misses the failed one
-        elif column == "defense" and paired and wanted != "*":
-            keep = errors[column].isin([wanted, UNDEFENDED])
-        elif wanted != "*":
-            keep = errors[column] == wanted
-        else:
-            continue
-        errors = errors[keep | (whole_variant & (column == "attack"))]
-        whole_variant = whole_variant[errors.index]
+    selected = pd.Series(True, index=errors.index)
+    if gate.model != "*":
+        selected &= errors["model"] == gate.model
+    if gate.defense != "*":
+        selected &= errors["defense"].isin([gate.defense, UNDEFENDED] if paired else [gate.defense])
+    if gate.attack in ENSEMBLE.values():
+        selected &= (errors["category"] == Category.INTEGRITY) | whole_variant  # the worst case over all attacks misses the failed one
+    elif gate.attack != "*":
+        selected &= (errors["attack"] == gate.attack) | whole_variant
     produced_by = {_evidence(gate.metric, c)[0] for c in table[(table["metric"] == gate.metric) & (table["status"] == "ok")]["category"]}
-    return errors[errors["category"].isin(produced_by) | whole_variant] if produced_by else errors
+    if produced_by:
+        selected &= errors["category"].isin(produced_by) | whole_variant
+    return errors[selected]
 
 
 def _failure(err: pd.Series) -> str:
