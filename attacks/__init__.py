@@ -20,6 +20,7 @@ ATTACKS: Registry[type["Attack"]] = Registry(
         "attacks.membership",
         "attacks.inversion",
         "attacks.attribute",
+        "attacks.dp_audit",
     ),
     "kansa.attacks",
 )

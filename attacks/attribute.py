@@ -18,7 +18,7 @@ from attacks import register
 from attacks.base import Access, Attack, AttackContext, AttackKind, AttackOutput
 from attacks.membership import check_protocol, draw_protocol, protocol_params, target_view
 from audit.errors import KansaError
-from audit.params import Choice, Location, Number, Param
+from audit.params import AnyOf, Choice, Location, Number, Param, Text
 from audit.results import count_row, mean_row, rate_row
 from audit.seeding import seed_everything
 
@@ -41,7 +41,8 @@ class AttributeInference(Attack):
     data_kinds = ("tabular",)
     data_note = "the sensitive attribute is one column of a row of features"
     params = (
-        Param("feature", Number(0, None, integer=True), doc="column index (from 0) of the sensitive feature among the model's inputs", quick=0),
+        Param("feature", AnyOf((Text(), Number(0, None, integer=True))),
+              doc="the sensitive feature: its column name in a tabular source, or its index (from 0) among the model's inputs", quick=0),
         Param("attack_model", Choice(("rf", "gb", "lr", "dt", "knn", "nn")), "rf", "ART's attack model type, used by both attack and baseline"),
         protocol_params()[0],
     )
@@ -50,13 +51,14 @@ class AttributeInference(Attack):
     def check_data(cls, values: dict[str, Any], dataset: "Dataset", splits: "Splits", where: Location) -> None:
         super().check_data(values, dataset, splits, where)
         check_protocol(cls.name, values, splits, where)
-        feature, width = values["feature"], dataset.input_shape[0]
-        if feature >= width:
-            raise where.child("feature").error(f"{feature} is out of range: {dataset.name} has {width} features (0 to {width - 1})")
+        try:
+            feature = dataset.feature_index(values["feature"])
+        except ValueError as exc:
+            raise where.child("feature").error(str(exc)) from None
         distinct = len(np.unique(dataset.x[:, feature]))
         if distinct > MAX_VALUES:
             raise where.child("feature").error(
-                f"feature {feature} of {dataset.name} takes {distinct} distinct values; attribute_inference measures accuracy on a "
+                f"feature {values['feature']!r} of {dataset.name} takes {distinct} distinct values; attribute_inference measures accuracy on a "
                 f"categorical feature (at most {MAX_VALUES} values): bin it in the data first")
 
     def run(self, target: "Target", x: np.ndarray, y: np.ndarray, context: AttackContext) -> AttackOutput:
@@ -66,7 +68,7 @@ class AttributeInference(Attack):
         if data is None or context.splits is None:
             raise KansaError("attribute_inference needs the dataset and its split in the attack context")
         self.check_data(self.values, data, context.splits, Location(f"attack {self.name}"))
-        feature = self.values["feature"]
+        feature = data.feature_index(self.values["feature"])
         protocol = draw_protocol(context, self.values["members"])
         attacker = protocol.population
         values = np.unique(data.x[attacker, feature])

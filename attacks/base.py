@@ -5,7 +5,8 @@ documented with no other code) and declared traits, which is all the runner, the
 the gates and the report read about it; none of them special-cases an attack by name:
 
 - `kind` (`AttackKind`): what it measures; evasion and minimisation attacks are integrity checks,
-  the others confidentiality checks (the `category` of their rows).
+  the others confidentiality checks (the `category` of their rows): membership, inversion,
+  attribute inference, and privacy audits (an empirical bound on a training recipe's epsilon).
 - `norm`: the threat model, "inf" or "2" (evasion attacks; minimum-norm ones may also minimise
   "1" or "0", the count of values changed), or None for attacks without an epsilon ball; attacks
   with a norm join the per-sample worst case (the ensemble of that norm) at each of their eps.
@@ -15,6 +16,9 @@ the gates and the report read about it; none of them special-cases an attack by 
   given); the runner writes that as a not-applicable row, which no gate counts as missing evidence.
 - `single_step`, `randomized`: one gradient step (compared with iterative attacks); randomised
   (re-run with other seeds for `[evaluation] repeats`).
+- `AttackContext.train_like_target` (a `ModelTrainer`): trains models the way the attacked variant
+  was made (its model's recipe, then its defense), and says whether that recipe is the real one
+  (`exact`) and which it is (`recipe`), for the report.
 - `needs_members`: it measures against the model's training data (members). The runner runs it
   only where the members are known — a model Kansa trained on its own split, or declared
   `data.train` — and otherwise writes an error row, so no figure stands on guessed members.
@@ -56,14 +60,40 @@ ROBUST_AT = "robust_correct@eps="  # per-sample key of an integrity attack: robu
 WORST_CASE_OVER, WORST_CASE_SMALLER = "worst case per sample over ", " at this eps and every smaller one"  # an ensemble row's message
 
 
+@dataclass(frozen=True, eq=False)
+class Retrained:
+    """A model trained like the target: the model, and the rows its recipe reports of the run (a defense's achieved epsilon)."""
+
+    target: "Target"
+    rows: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class ModelTrainer:
+    """Trains models the way the attacked variant was made: its model's recipe, then its defense.
+
+    An attacker who knows the recipe (the usual assumption of shadow and reference models) trains
+    its models like this, so a DP-SGD variant's references train with DP and an adversarially
+    trained one's with the same training. `exact` is False when the recipe is an approximation (a
+    loaded model's is unknown): then no figure that is about the recipe itself may stand on it.
+    `recipe` says which recipe, in words, for the report.
+    """
+
+    train: "Callable[[np.ndarray, np.ndarray, int], Retrained]"
+    exact: bool
+    recipe: str
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, seed: int) -> "Target":
+        return self.train(x, y, seed).target
+
+
 @dataclass
 class AttackContext:
     """What an attack may know besides the target and the attacked samples.
 
     Privacy attacks need the whole split (members are drawn from train, non-members from
-    hold-out) and a way to train models like the target (shadow and reference models).
-    `train_like_target(x, y, seed)` trains a fresh model with the target's architecture and
-    recipe (for a loaded model: the built-in architecture and recipe for the data).
+    hold-out) and a way to train models like the target (shadow, reference and surrogate models):
+    `train_like_target(x, y, seed)`, a `ModelTrainer`.
     `advance(n)` reports n more attacked samples done, for the run's progress display.
     """
 
@@ -71,7 +101,7 @@ class AttackContext:
     class_names: list[str]
     dataset: "Dataset | None" = None
     splits: "Splits | None" = None
-    train_like_target: "Callable[[np.ndarray, np.ndarray, int], Target] | None" = None
+    train_like_target: ModelTrainer | None = None
     advance: Callable[[int], None] = field(default=lambda n: None)
 
 
@@ -90,6 +120,7 @@ class AttackKind(str, Enum):
     MEMBERSHIP = "membership"
     INVERSION = "inversion"
     ATTRIBUTE = "attribute"
+    PRIVACY_AUDIT = "privacy_audit"  # an empirical lower bound on a training recipe's differential privacy
 
     @property
     def category(self) -> str:

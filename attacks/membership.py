@@ -20,12 +20,12 @@ import hashlib
 import weakref
 from abc import abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from attacks import register
-from attacks.base import Access, Attack, AttackContext, AttackKind, AttackOutput
+from attacks.base import Access, Attack, AttackContext, AttackKind, AttackOutput, ModelTrainer
 from attacks.blackbox import seeded_hop_skip_jump
 from attacks.privacy_metrics import evaluate_membership, exposed_samples, size_rows
 from audit.errors import KansaError
@@ -38,8 +38,6 @@ from audit.stats import log_softmax, softmax
 if TYPE_CHECKING:
     from audit.data import Dataset, Splits
     from audit.models import Target
-
-Trainer = Callable[[np.ndarray, np.ndarray, int], "Target"]
 
 ATTACK_MODELS = ("rf", "gb", "lr", "dt", "knn", "svm", "nn")
 
@@ -195,7 +193,7 @@ def target_view(target: "Target", output: str = "probabilities") -> Any:
     return _view_class()(target, output)
 
 
-def _require_trainer(context: AttackContext, attack: str, target: "Target") -> Trainer:
+def _require_trainer(context: AttackContext, attack: str, target: "Target") -> ModelTrainer:
     if context.train_like_target is None:
         raise KansaError(
             f"{attack} trains models like the target, but model {target.name!r} was loaded from a file "
@@ -390,7 +388,7 @@ class _ShadowTemplate:
     the target; its attack then reports about 0.5 and reads as "no leakage".
     """
 
-    def __init__(self, trainer: Trainer, input_shape: tuple[int, ...], seed: int, counter: list[int] | None = None) -> None:
+    def __init__(self, trainer: ModelTrainer, input_shape: tuple[int, ...], seed: int, counter: list[int] | None = None) -> None:
         self.trainer = trainer
         self.input_shape = input_shape
         self.seed = seed
@@ -515,7 +513,7 @@ def clear_reference_cache() -> None:
 
 
 def _reference_model(
-    trainer: Trainer, data: Any, protocol: Protocol, mode: str, k: int, size: int, population: np.ndarray, pool: np.ndarray
+    trainer: ModelTrainer, data: Any, protocol: Protocol, mode: str, k: int, size: int, population: np.ndarray, pool: np.ndarray
 ) -> tuple[_Reference, bool]:
     """Train reference model k (independent of how many are asked for) and read its logits.
 

@@ -209,7 +209,7 @@ def run_attack_cell(session: AuditSession, task: Task) -> CellResult:
             for repeat in range(repeats):
                 seed = cell_seed if repeat == 0 else derive_seed(cell_seed, f"repeat{repeat}")
                 seed_everything(seed)
-                context = AttackContext(seed, session.dataset.class_names, session.dataset, session.splits, session.trainer(task.model),
+                context = AttackContext(seed, session.dataset.class_names, session.dataset, session.splits, session.trainer(task.model, task.defense),
                                         advance=advance)
                 runs.append(attack.run(variant.target, session.x_eval, session.y_eval, context))
     except Exception as exc:  # one failing attack must not lose the rest of the audit

@@ -129,6 +129,19 @@ class Dataset:
     input_range: tuple[float, float]
     is_image: bool
     dropped_rows: int = 0
+    feature_names: list[str] | None = None  # the columns of a tabular source, in input order; None when unnamed
+
+    def feature_index(self, feature: int | str) -> int:
+        """The input column of a feature given by name or by index, as a config may declare it (ValueError when there is none)."""
+        if isinstance(feature, str):
+            if self.feature_names is None or feature not in self.feature_names:
+                named = f"its features are {', '.join(self.feature_names)}" if self.feature_names else "its features have no names; give a column index"
+                raise ValueError(f"{self.name} has no feature {feature!r}: {named}")
+            return self.feature_names.index(feature)
+        width = self.input_shape[0]
+        if feature >= width:
+            raise ValueError(f"{feature} is out of range: {self.name} has {width} features (0 to {width - 1})")
+        return feature
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -178,16 +191,17 @@ def _resolve(path: str, base_dir: Path) -> Path:
     return resolved
 
 
-def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, list[str] | None, float | str]:
+def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray, list[str] | None, float | str, list[str] | None]:
     from sklearn import datasets
 
     bunch = getattr(datasets, f"load_{name}")()
     if name == "digits":
-        return bunch.images[:, None, :, :].astype(np.float64), bunch.target, None, 16.0
-    return bunch.data.astype(np.float64), bunch.target, [str(t) for t in bunch.target_names], "minmax"
+        return bunch.images[:, None, :, :].astype(np.float64), bunch.target, None, 16.0, None
+    return bunch.data.astype(np.float64), bunch.target, [str(t) for t in bunch.target_names], "minmax", [str(f) for f in bunch.feature_names]
 
 
-_Read = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # inputs, labels, and each row's declared role when the file declares them
+# inputs, labels, each row's declared role when the file declares them, and the feature columns' names when it has them
+_Read = tuple[np.ndarray, np.ndarray, "np.ndarray | None", "list[str] | None"]
 
 
 def _table(frame: Any, cfg: dict[str, Any], path: Path) -> _Read:
@@ -215,8 +229,8 @@ def _table(frame: Any, cfg: dict[str, Any], path: Path) -> _Read:
         unknown = sorted(set(roles) - set(SPLIT_NAMES))
         if unknown:
             raise DataError(f"{path}: split column {split_column!r} holds {', '.join(map(repr, unknown[:5]))}; expected train, holdout or test")
-        return frame[features].to_numpy(dtype=np.float64), frame[label].to_numpy(), roles.astype(str)
-    return frame[features].to_numpy(dtype=np.float64), frame[label].to_numpy(), None
+        return frame[features].to_numpy(dtype=np.float64), frame[label].to_numpy(), roles.astype(str), [str(c) for c in features]
+    return frame[features].to_numpy(dtype=np.float64), frame[label].to_numpy(), None, [str(c) for c in features]
 
 
 def _read_csv(cfg: dict[str, Any], base_dir: Path) -> _Read:
@@ -257,7 +271,7 @@ def _read_npz(cfg: dict[str, Any], base_dir: Path) -> _Read:
         raise DataError(f"{path}: array {cfg['x_key']!r} is not numeric (dtype {x.dtype})")
     if x.ndim < 1 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{path}: arrays {cfg['x_key']!r} of shape {x.shape} and {cfg['y_key']!r} of shape {y.shape} must hold one label per sample")
-    return x.astype(np.float64), y, None
+    return x.astype(np.float64), y, None, None
 
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -290,7 +304,7 @@ def _read_idx(cfg: dict[str, Any], base_dir: Path) -> _Read:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.shape[0] != labels.shape[0] or labels.ndim != 1:
         raise DataError(f"{images_path}: {images.shape[0]} images but {labels_path} holds labels of shape {labels.shape}")
-    return images.astype(np.float64), labels, None
+    return images.astype(np.float64), labels, None, None
 
 
 def _read_image_folder(cfg: dict[str, Any], base_dir: Path) -> _Read:
@@ -317,7 +331,7 @@ def _read_image_folder(cfg: dict[str, Any], base_dir: Path) -> _Read:
     if not images:
         raise DataError(f"{root}: no PNG or JPEG images in its class folders ({', '.join(f.name for f in folders[:5])})")
     numbered = all(f.name.isdigit() for f in folders)  # folders 0..9 are the labels 0..9, as in a role read from a file
-    return np.stack(images).astype(np.float64), np.array([int(n) for n in labels] if numbered else labels), None
+    return np.stack(images).astype(np.float64), np.array([int(n) for n in labels] if numbered else labels), None, None
 
 
 _READERS = {"csv": _read_csv, "parquet": _read_parquet, "npz": _read_npz, "idx": _read_idx, "image_folder": _read_image_folder}
@@ -381,16 +395,17 @@ class _Source:
     origin: str
     name: str
     is_image: bool
+    feature_names: list[str] | None = None
 
 
 def _read_source(cfg: dict[str, Any], base_dir: Path, role: str | None = None) -> _Source:
     source = cfg["source"]
     names: list[str] | None = None
     if source in BUILTIN_SOURCES:
-        x, labels, names, auto_scale = _sklearn(source)
+        x, labels, names, auto_scale, features = _sklearn(source)
         origin, name, shape, roles = f"scikit-learn {source}", source, None, None
     else:
-        x, labels, roles = _READERS[source](cfg, base_dir)
+        x, labels, roles, features = _READERS[source](cfg, base_dir)
         origin = cfg.get("path") or cfg.get("images")
         name, shape, auto_scale = Path(origin).name, cfg.get("image_shape"), _AUTO_SCALE.get(source, "none")
     if role is not None:
@@ -398,7 +413,7 @@ def _read_source(cfg: dict[str, Any], base_dir: Path, role: str | None = None) -
     x, is_image = _as_model_input(x, shape, origin)
     if x.shape[0] == 0:
         raise DataError(f"{origin}: no samples")
-    return _Source(x, labels, roles, names, auto_scale, origin, name, is_image)
+    return _Source(x, labels, roles, names, auto_scale, origin, name, is_image, features if not is_image else None)
 
 
 def _roles_from_file(cfg: dict[str, Any], base_dir: Path, rows: int) -> np.ndarray:
@@ -432,6 +447,8 @@ def _combine(sources: list[_Source], cfg: dict[str, Any]) -> tuple[Dataset, np.n
     for other in sources[1:]:
         if other.x.shape[1:] != first.x.shape[1:]:
             raise DataError(f"{other.origin}: inputs of shape {other.x.shape[1:]}, but {first.origin} has {first.x.shape[1:]}")
+        if other.feature_names and first.feature_names and other.feature_names != first.feature_names:
+            raise DataError(f"{other.origin}: feature columns {other.feature_names} differ from {first.origin}'s {first.feature_names}")
         if _label_kind(other) != _label_kind(first):
             raise DataError(f"{other.origin}: labels are {_label_kind(other)} but {first.origin}'s are {_label_kind(first)}")
     scales = {str(s.auto_scale) for s in sources}
@@ -453,7 +470,8 @@ def _combine(sources: list[_Source], cfg: dict[str, Any]) -> tuple[Dataset, np.n
     input_range = (float(cfg["input_range"][0]), float(cfg["input_range"][1]))
     x = _scale(x, first.auto_scale if cfg["scale"] == "auto" else cfg["scale"], input_range).astype(np.float32)
     name = " + ".join(dict.fromkeys(s.name for s in sources))
-    return Dataset(name, x, y, class_names, input_range, first.is_image, dropped), None if roles is None else roles[finite]
+    features = first.feature_names if all(s.feature_names == first.feature_names for s in sources) else None
+    return Dataset(name, x, y, class_names, input_range, first.is_image, dropped, features), None if roles is None else roles[finite]
 
 
 def _label_kind(source: _Source) -> str:

@@ -29,6 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "robustness_floor": {"kind": "threshold", "metric": "robust_accuracy", "op": ">=", "threshold": 0.5, "confidence": True},
     "accuracy_floor": {"kind": "threshold", "metric": "accuracy", "subset": "split=test", "op": ">=", "threshold": 0.9, "confidence": True},
     "privacy_ceiling": {"kind": "threshold", "metric": "auc", "op": "<=", "threshold": 0.6, "confidence": True},
+    "dp_claim_holds": {"kind": "threshold", "metric": "dp_claim_refuted", "op": "<=", "threshold": 0},
     "no_regression": {"kind": "regression", "metric": "robust_accuracy", "tolerance": 0.02},
 }
 

@@ -328,6 +328,18 @@ _builtin(
 )
 _builtin(
     Category.CONFIDENTIALITY,
+    ("dp_epsilon_lower_bound", _Kind("privacy loss", ".3g", False), _LOWER, "S", "all",
+     ("`dp_audit`: the largest epsilon the canary guesses reject at the declared confidence (Steinke et al. 2023): the recipe is not "
+      "(epsilon, delta)-DP for any smaller epsilon; `message` gives the guesses, canaries and delta")),
+    ("dp_epsilon_claimed", _Kind("privacy loss", ".3g", False), _LOWER, "S", "all",
+     "`dp_audit`: the accountant's epsilon for the audited training run (the training split plus the included canaries)"),
+    ("dp_claim_refuted", _FLAG, _LOWER, "S", "all",
+     "`dp_audit`: 1 when the empirical lower bound exceeds the accountant's epsilon, a bug in the training or the accounting"),
+    ("dp_audit_canaries", _COUNT, _HIGHER, "S", "all", "`dp_audit`: canaries m, each included in the audited training run with probability 1/2"),
+    ("dp_audit_guess_accuracy", _RATE, _LOWER, "S", "all", "`dp_audit`: share of the membership guesses behind the bound that were right"),
+)
+_builtin(
+    Category.CONFIDENTIALITY,
     ("inversion_confidence", _Kind("score", ".3f", False), _LOWER, "S", "all, baseline, class=…",
      "`mi_face`: target's probability of the intended class on each reconstruction (subset `baseline`: on the start image)"),
     ("inversion_similarity_own", _CORRELATION, _LOWER, "S", "all, baseline, class=…",

@@ -158,13 +158,17 @@ class DefenseRecord:
 
 @dataclass
 class VariantRecord:
-    """A model variant that was attacked: its weights' digest, whether they came from the weight cache, and its per-sample artifact."""
+    """A model variant that was attacked: its weights' digest, whether they came from the weight cache, and its per-sample artifact.
+
+    `reference`: the recipe its shadow, reference, surrogate and canary models are trained with (the model's, then the variant's defense).
+    """
 
     model: str
     defense: str
     sha256: str
     cached: bool
     artifact: str = ""  # "" in runs of an older Kansa
+    reference: str = ""  # "" in runs of an older Kansa
 
 
 @dataclass

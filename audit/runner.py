@@ -261,7 +261,7 @@ def assemble(plan: Plan, session: AuditSession, executed: Executed) -> Assembled
         if variant.digest is None:
             continue
         artifact = f"artifacts/{slug(model)}-{slug(defense)}-variant-{variant.digest[:8]}.npz"
-        out.variants.append(VariantRecord(model, defense, variant.digest, variant.cached, artifact))
+        out.variants.append(VariantRecord(model, defense, variant.digest, variant.cached, artifact, session.trainer(model, defense).recipe))
         out.artifacts[Path(artifact).stem] = variant.arrays
         where = {"model": model, "defense": defense}
         for attack_cfg in config.attacks:

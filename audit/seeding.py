@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 
@@ -38,3 +40,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def global_generators_kept() -> Iterator[None]:
+    """Leave the global generators as they were: work inside (training a model, or fetching it from the cache) may reseed them.
+
+    Without it, what an attack draws after training a surrogate or reference model would depend on
+    whether that model came from the weight cache, and a re-run would not repeat the first run's numbers.
+    """
+    import torch
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)

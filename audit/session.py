@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 import numpy as np
 from tqdm.auto import tqdm
 
+from attacks.base import ModelTrainer, Retrained
 from audit.cache import WeightCache, array_digest
 from audit.checks import RANDOMIZED, flag, probe_gradients, probe_randomness
 from audit.config import Config
@@ -42,9 +43,9 @@ from audit.models import (
 )
 from audit.params import Location, ParamSet
 from audit.results import TEST_CORRECT, UNDEFENDED, count_row, error_row, rate_row, variant_label
-from audit.seeding import derive_seed, seed_everything
+from audit.seeding import derive_seed, global_generators_kept, seed_everything
 from defenses import registry
-from defenses.base import Defended, DefenseContext
+from defenses.base import Defended, Defense, DefenseContext
 
 if TYPE_CHECKING:
     import torch
@@ -190,21 +191,11 @@ class PreparedModel:
     recipe: dict[str, Any]
     base_parts: dict[str, Any]
     build: "Callable[[], torch.nn.Module]"
-    architecture: str
+    reference: str  # how its shadow, reference and surrogate models are trained (`recipe_description`)
 
     @property
     def name(self) -> str:
         return self.cfg["name"]
-
-    @property
-    def reference(self) -> str:
-        """How its shadow, reference and surrogate models are trained; for a loaded model, an approximation of its unknown recipe."""
-        recipe = f"{self.architecture} architecture, {self.recipe['epochs']} epochs, {self.recipe['optimizer']}"
-        if self.cfg["kind"] == "builtin":
-            return f"the model's own recipe ({recipe})"
-        declared = self.cfg["reference_recipe"] != ParamSet(KIND_PARAMS["builtin"]).validate({}, Location(""))
-        source = "the declared reference_recipe" if declared else "Kansa's built-in recipe for the data"
-        return f"an approximation of the model's unknown recipe: {source} ({recipe})"
 
 
 def _recipe(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -264,8 +255,8 @@ def _prepare_model(cfg: dict[str, Any], dataset: Dataset, splits: Splits, config
     def build_variant() -> torch.nn.Module:
         return architecture() if cfg["kind"] == "builtin" else copy.deepcopy(loaded)
 
-    architecture_name = recipe["architecture"] if recipe["architecture"] != "auto" else ("cnn" if dataset.is_image else "mlp")
-    return PreparedModel(cfg, module, output_kind, rows, seconds, cached, recipe, base_parts, build_variant, architecture_name)
+    return PreparedModel(cfg, module, output_kind, rows, seconds, cached, recipe, base_parts, build_variant,
+                         recipe_description(cfg, recipe, dataset))
 
 
 def _variant_rows(target: Target, defended: Defended, dataset: Dataset, splits: Splits) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -285,18 +276,27 @@ def _variant_rows(target: Target, defended: Defended, dataset: Dataset, splits: 
     return [{**row, "model": target.name, "defense": target.defense} for row in rows], {TEST_CORRECT: test_correct}
 
 
-def trainer_for(cfg: dict[str, Any], dataset: Dataset, cache: WeightCache | None = None,
-                device: str = "cpu") -> Callable[[np.ndarray, np.ndarray, int], Target]:
-    """Train models like the target (shadow, reference and surrogate models), through the weight cache.
+def trainer_for(cfg: dict[str, Any], dataset: Dataset, *, splits: Splits | None = None, cache: WeightCache | None = None,
+                device: str = "cpu", defense: "tuple[str, Defense] | None" = None) -> ModelTrainer:
+    """Train models like one variant of the target (shadow, reference, surrogate and canary models), through the weight cache.
 
     A built-in model is retrained with its own recipe; a loaded model, whose recipe Kansa cannot
-    know, is approximated by the built-in architecture and recipe for the data.
+    know, is approximated by the built-in architecture and recipe for the data. `defense` (its id and
+    the configured defense) is then applied as it was to the variant: a training-time defense trains
+    with its own recipe (DP-SGD with DP), any other is applied to the model trained like the target.
     """
+    if defense is not None and splits is None:
+        raise ValueError("a defended variant's trainer needs the audit's splits (its defense may read them)")
     recipe = _recipe(cfg)
     architecture = _builder(recipe, dataset)
     cache = cache or WeightCache(None)
+    label = f"{cfg['name']} (reference)"
+    described = recipe_description(cfg, recipe, dataset)
 
-    def train_like_target(x: np.ndarray, y: np.ndarray, seed: int) -> Target:
+    def parts_of(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
+        return {"kind": "reference", "model": recipe, "data": array_digest(x, y), "seed": seed, "device": device}
+
+    def undefended(x: np.ndarray, y: np.ndarray, seed: int) -> "torch.nn.Module":
         import torch
 
         def build() -> torch.nn.Module:
@@ -304,15 +304,41 @@ def trainer_for(cfg: dict[str, Any], dataset: Dataset, cache: WeightCache | None
             return architecture()
 
         def fit(module: torch.nn.Module) -> dict[str, Any]:
-            return {"seconds": train(module, x, y, recipe, seed, progress=False, label=f"{cfg['name']} (reference)", device=device)}
+            return {"seconds": train(module, x, y, recipe, seed, progress=False, label=label, device=device)}
 
-        parts = {"kind": "reference", "model": recipe, "data": array_digest(x, y), "seed": seed, "device": device}
-        module, _ = cache.fit(f"{cfg['name']} (reference)", parts, build, fit)
-        return make_target(module, dataset, "logits", f"{cfg['name']}-reference", device=device)
+        return cache.fit(label, parts_of(x, y, seed), build, fit)[0]
 
-    return train_like_target
+    def train_like_variant(x: np.ndarray, y: np.ndarray, seed: int) -> Retrained:
+        with global_generators_kept():
+            return remade(x, y, seed)
+
+    def remade(x: np.ndarray, y: np.ndarray, seed: int) -> Retrained:
+        if defense is None:
+            return Retrained(make_target(undefended(x, y, seed), dataset, "logits", f"{cfg['name']}-reference", device=device))
+        defense_id, piece = defense
+        context = DefenseContext(
+            model_name=label, make_base=lambda: undefended(x, y, seed), output_kind="logits", recipe=recipe, dataset=dataset,
+            splits=splits, seed=derive_seed(seed, "defense", defense_id), cache=cache,
+            base_parts=parts_of(x, y, seed), build=architecture, device=device, training_data=(x, y),
+        )
+        defended = piece.apply(context)
+        target = make_target(defended.module, dataset, defended.output_kind, f"{cfg['name']}-reference", defense_id, defended.gradient, device)
+        return Retrained(target, tuple(defended.rows))
+
+    if defense is not None:
+        described += f", then the defense {defense[0]} ({defense[1].name}) as configured"
+    return ModelTrainer(train_like_variant, exact=cfg["kind"] == "builtin", recipe=described)
 
 
+def recipe_description(cfg: dict[str, Any], recipe: dict[str, Any], dataset: Dataset) -> str:
+    """How models like the target are trained, in words; for a loaded model, an approximation of its unknown recipe."""
+    architecture = recipe["architecture"] if recipe["architecture"] != "auto" else ("cnn" if dataset.is_image else "mlp")
+    text = f"{architecture} architecture, {recipe['epochs']} epochs, {recipe['optimizer']}"
+    if cfg["kind"] == "builtin":
+        return f"the model's own recipe ({text})"
+    declared = cfg["reference_recipe"] != ParamSet(KIND_PARAMS["builtin"]).validate({}, Location(""))
+    source = "the declared reference_recipe" if declared else "Kansa's built-in recipe for the data"
+    return f"an approximation of the model's unknown recipe: {source} ({text})"
 
 
 @dataclass
@@ -351,7 +377,7 @@ class AuditSession:
         self._models: dict[str, PreparedModel] = {}
         self._variants: dict[tuple[str, str], Variant] = {}
         self._defended: dict[tuple[str, str], tuple[Defended | None, bool, list[dict[str, Any]]]] = {}
-        self._trainers: dict[str, Callable[[np.ndarray, np.ndarray, int], Target]] = {}
+        self._trainers: dict[tuple[str, str], ModelTrainer] = {}
 
     @property
     def x_eval(self) -> np.ndarray:
@@ -368,10 +394,17 @@ class AuditSession:
                                                 self.x_eval, self.query_store)
         return self._models[name]
 
-    def trainer(self, name: str) -> Callable[[np.ndarray, np.ndarray, int], Target]:
-        if name not in self._trainers:
-            self._trainers[name] = trainer_for(self.model(name).cfg, self.dataset, self.cache, self.device)
-        return self._trainers[name]
+    def trainer(self, model: str, defense_id: str = UNDEFENDED) -> ModelTrainer:
+        """Trains models like the variant: its model's recipe, then its defense (references of a DP-SGD variant train with DP)."""
+        if (model, defense_id) not in self._trainers:
+            defense = None if defense_id == UNDEFENDED else (defense_id, self._defense(defense_id))
+            self._trainers[(model, defense_id)] = trainer_for(self.model(model).cfg, self.dataset, splits=self.splits, cache=self.cache,
+                                                              device=self.device, defense=defense)
+        return self._trainers[(model, defense_id)]
+
+    def _defense(self, defense_id: str) -> Defense:
+        defense_cfg = next(d for d in self.config.defenses if d["id"] == defense_id)
+        return registry()[defense_cfg["name"]](**defense_cfg["params"])
 
     def variant(self, model: str, defense: str) -> Variant:
         if (model, defense) not in self._variants:
@@ -389,10 +422,9 @@ class AuditSession:
         if defense_id == UNDEFENDED:
             return Defended(module=prepared.module, output_kind=prepared.output_kind,
                             training_seconds=prepared.training_seconds, cached=prepared.cached), False, []
-        defense_cfg = next(d for d in config.defenses if d["id"] == defense_id)
-        defense = registry()[defense_cfg["name"]](**defense_cfg["params"])
+        defense = self._defense(defense_id)
         context = DefenseContext(
-            model_name=model, base=prepared.module, output_kind=prepared.output_kind, recipe=prepared.recipe,
+            model_name=model, make_base=lambda: prepared.module, output_kind=prepared.output_kind, recipe=prepared.recipe,
             dataset=self.dataset, splits=self.splits,
             seed=derive_seed(config.seed, "defense", model, defense_id), cache=self.cache,
             base_parts=prepared.base_parts, build=prepared.build, progress=self.progress.bars, device=self.device,

@@ -9,6 +9,7 @@ the raw or float twin model while every decision is judged on the defended one (
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -40,11 +41,14 @@ class DefenseContext:
     `recipe` is the built-in training recipe (for a loaded model: the built-in defaults for the data).
     `build` makes the model training-time defenses start from: a fresh built-in architecture, or a
     copy of the loaded weights to fine-tune. `base_parts` identifies the undefended model's content
-    in cache keys.
+    in cache keys. `make_base` gives the undefended model, built only when a defense reads it
+    (a training-time defense of a reference model never needs its undefended twin trained).
+    `training_data` replaces the training split when the variant is remade on other data (an
+    attacker's reference model trained like the variant).
     """
 
     model_name: str
-    base: "torch.nn.Module"
+    make_base: "Callable[[], torch.nn.Module]"
     output_kind: str
     recipe: dict[str, Any]
     dataset: "Dataset"
@@ -55,16 +59,23 @@ class DefenseContext:
     build: "Callable[[], torch.nn.Module]"
     progress: bool = False
     device: str = "cpu"
+    training_data: tuple[np.ndarray, np.ndarray] | None = None
+
+    @functools.cached_property
+    def base(self) -> "torch.nn.Module":
+        return self.make_base()
 
     @property
     def train_x(self) -> np.ndarray:
+        if self.training_data is not None:
+            return self.training_data[0]
         if not len(self.splits.train):
             raise DefenseError("this defense trains on data.train, which is not declared: declare the model's training data as data.train")
         return self.dataset.x[self.splits.train]
 
     @property
     def train_y(self) -> np.ndarray:
-        return self.dataset.y[self.splits.train]
+        return self.dataset.y[self.splits.train] if self.training_data is None else self.training_data[1]
 
     def starting_model(self) -> "torch.nn.Module":
         """A fresh initialisation for a built-in model (seeded by the defense); a copy of the loaded weights otherwise."""

@@ -182,9 +182,10 @@ class DPSGD(Defense):
 
     def apply(self, context: DefenseContext) -> Defended:
         recipe = _training_recipe(self.values, context)
-        delta = self.values["delta"] or 1.0 / (10 * len(context.splits.train))
-        if delta >= 1.0 / len(context.splits.train):
-            raise DefenseError(f"dp_sgd: delta {delta:g} is not below 1 / training samples ({len(context.splits.train)}), so it guarantees nothing")
+        samples = len(context.train_y)
+        delta = self.values["delta"] or 1.0 / (10 * samples)
+        if delta >= 1.0 / samples:
+            raise DefenseError(f"dp_sgd: delta {delta:g} is not below 1 / training samples ({samples}), so it guarantees nothing")
 
         def fit(module: "torch.nn.Module") -> dict[str, Any]:
             import torch

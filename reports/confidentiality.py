@@ -191,10 +191,11 @@ def build_confidentiality(result: AuditResult) -> dict[str, Any] | None:
             return rows[rows["attack"].map(panels) == panel]
 
         model = next(m for m in result.metadata.models if m.name == variant[0])
+        record = next((v for v in result.metadata.variants if (v.model, v.defense) == variant), None)
         entry = {
             "name": variant_label(*variant),
             "members": f"members_{model.members}",
-            "reference": model.reference,
+            "reference": record.reference if record is not None and record.reference else model.reference,
             "membership": _membership(variant, of("membership"), arrays, result.metadata),
             "inversion": _inversion(variant, of("inversion"), arrays, result.metadata),
             "attribute": _attribute(of("attribute")),

@@ -56,3 +56,51 @@ def test_unusable_features_are_refused_with_the_reason(leaky, digits):
     dataset, splits, image_target = digits
     with pytest.raises(KansaError, match="tabular"):
         AttributeInference(feature=0).run(image_target, None, None, AttackContext(0, dataset.class_names, dataset, splits, None))
+
+
+TABULAR_AUDIT = """
+title = "attribute by name"
+seed = 1
+
+[data]
+source = "csv"
+path = "records.csv"
+label_column = "label"
+
+[[models]]
+name = "mlp"
+architecture = "mlp"
+hidden = [64]
+epochs = 20
+
+[checks]
+enabled = false
+
+[[attacks]]
+name = "attribute_inference"
+feature = {feature}
+members = 200
+"""
+
+
+def test_the_sensitive_feature_is_named_by_its_column_in_a_csv_source(tmp_path):
+    import pandas as pd
+
+    from audit import run_audit
+    from audit.errors import ConfigError
+    from tests.conftest import write
+
+    dataset = synthetic_tabular(n=1200)
+    columns = ["income", "age", "sex", "tenure", "score", "visits"]
+    pd.DataFrame(dataset.x, columns=columns).assign(label=dataset.y).to_csv(tmp_path / "records.csv", index=False)
+
+    def attribute_rows(feature: str):
+        result = run_audit(write(tmp_path / "audit.toml", TABULAR_AUDIT.format(feature=feature)), history=False)
+        rows = result.table[result.table.attack == "attribute_inference"]
+        return rows[rows.category == "confidentiality"][["metric", "subset", "value"]].reset_index(drop=True)
+
+    by_name = attribute_rows('"sex"')
+    assert len(by_name) and by_name.value.notna().all()
+    pd.testing.assert_frame_equal(by_name, attribute_rows("2"))  # the same column by index
+    with pytest.raises(ConfigError, match=r"attacks\[0\]\.feature.*no feature 'gender'.*income, age, sex"):
+        run_audit(write(tmp_path / "audit.toml", TABULAR_AUDIT.format(feature='"gender"')), history=False)

@@ -3,6 +3,7 @@ attacks that find the leakage of an overfit model and less of a regularised one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -173,9 +174,9 @@ def test_protocol_sets_are_disjoint_drawn_from_the_right_splits_and_reproducible
 def _recording(trainer, seen: list[np.ndarray]):
     def train_like_target(x, y, seed):
         seen.append(x.copy())
-        return trainer(x, y, seed)
+        return trainer.train(x, y, seed)
 
-    return train_like_target
+    return dataclasses.replace(trainer, train=train_like_target)
 
 
 def _rows_of(dataset, indices) -> set[bytes]:
